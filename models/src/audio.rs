@@ -299,7 +299,7 @@ impl AudioChunker {
 
 /// Converts PCM16 little-endian bytes to f32 samples in [-1, 1].
 pub fn pcm16_to_f32(bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(ModelError::InvalidInput(format!(
             "PCM16 needs an even number of bytes, got {}",
             bytes.len()

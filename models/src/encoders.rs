@@ -10,12 +10,15 @@ use crate::manifest::{
 };
 use crate::session::Graph;
 
+/// A tensor copied out of a run: its shape and its values.
+pub(crate) type OwnedTensor = (Vec<usize>, Vec<f32>);
+
 /// Runs `graph` on named f32/i64 inputs and copies out the named f32 outputs.
 pub(crate) fn run_graph(
     graph: &mut Graph,
     inputs: Vec<(String, SessionInputValue<'_>)>,
     outputs: &[&str],
-) -> Result<Vec<(Vec<usize>, Vec<f32>)>, ModelError> {
+) -> Result<Vec<OwnedTensor>, ModelError> {
     let file = graph.file.clone();
     let result = graph
         .session

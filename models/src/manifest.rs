@@ -488,7 +488,7 @@ impl Manifest {
                 return Err("encoders.image.output: the token count (axis 1) must be fixed".into());
             }
             let p = &image.preprocess;
-            if p.width == 0 || p.height == 0 || p.std.iter().any(|s| *s == 0.0) {
+            if p.width == 0 || p.height == 0 || p.std.contains(&0.0) {
                 return Err(
                     "encoders.image.preprocess: width, height and std must be non-zero".into(),
                 );
@@ -514,7 +514,7 @@ impl Manifest {
                 if f.win_length > f.n_fft {
                     return Err("encoders.audio.features: win_length exceeds n_fft".into());
                 }
-                if !(f.f_max > f.f_min) || f.f_max > f.sample_rate as f32 / 2.0 {
+                if f.f_max <= f.f_min || f.f_max.is_nan() || f.f_max > f.sample_rate as f32 / 2.0 {
                     return Err(format!(
                         "encoders.audio.features: need f_min < f_max <= sample_rate/2, got {} and {}",
                         f.f_min, f.f_max
