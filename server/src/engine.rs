@@ -1,0 +1,491 @@
+//! The engine: the one place where async sessions meet blocking model code.
+//!
+//! A dedicated OS thread owns the bundle. Sessions submit [`Job`]s through a bounded
+//! channel and get results through oneshots (encoders) or a per-response event channel
+//! (generation). Each turn of the loop drains the queue, runs the encoder jobs in
+//! batches per model, prefills new responses together, then runs one decode step for
+//! every active response in a single batch: responses join and leave between steps, and
+//! a cancelled one is dropped (its KV cache freed) before the next step.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mmrt_models::{
+    AudioStreamState, Bundle, DecodeRow, FillPolicy, FinishReason, IncrementalDecoder, KvCache,
+    Modality, ModelError, RowInput, Sampler, SamplingParams, SlotOutcome, TurnEmbeddings,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Work a session asks of the models.
+pub enum Job {
+    EncodeAudio {
+        state: AudioStreamState,
+        chunk: Vec<f32>,
+        reply: oneshot::Sender<Result<(AudioStreamState, Vec<f32>), ModelError>>,
+    },
+    EncodeImage {
+        pixels: Vec<f32>,
+        reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
+    },
+    EmbedText {
+        text: String,
+        reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
+    },
+    Generate(GenerateRequest),
+}
+
+/// A response to generate from one turn.
+pub struct GenerateRequest {
+    pub turn: TurnEmbeddings,
+    pub policies: BTreeMap<Modality, FillPolicy>,
+    pub sampling: SamplingParams,
+    pub max_new_tokens: usize,
+    /// Set by the session to stop generation; checked before every step.
+    pub cancel: Arc<AtomicBool>,
+    pub events: mpsc::Sender<GenerationEvent>,
+}
+
+/// What the engine reports about a response, in order.
+#[derive(Debug)]
+pub enum GenerationEvent {
+    /// The prompt was assembled and prefilled.
+    Started {
+        report: BTreeMap<Modality, SlotOutcome>,
+        input_tokens: usize,
+        prefill: Duration,
+    },
+    Delta(String),
+    Finished {
+        reason: FinishReason,
+        output_tokens: usize,
+    },
+    Cancelled {
+        output_tokens: usize,
+    },
+    Failed(ModelError),
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the model queue is full")]
+    Overloaded,
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// A cheap handle to submit jobs.
+#[derive(Clone)]
+pub struct EngineHandle {
+    jobs: mpsc::Sender<Job>,
+    active: Arc<AtomicUsize>,
+    info: Arc<BundleInfo>,
+}
+
+/// Facts about the loaded bundle that sessions need without asking the thread.
+#[derive(Debug, Clone)]
+pub struct BundleInfo {
+    pub name: String,
+    pub hidden_size: usize,
+    pub audio_sample_rate: Option<u32>,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub image_preprocessor: Option<mmrt_models::ImagePreprocessor>,
+    pub audio_chunker: Option<mmrt_models::AudioChunker>,
+    pub audio_state: Option<AudioStreamState>,
+}
+
+impl EngineHandle {
+    pub fn info(&self) -> &BundleInfo {
+        &self.info
+    }
+
+    /// Responses being generated right now.
+    pub fn active_responses(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Queues a job without waiting; a full queue is `Overloaded`.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+        })
+    }
+}
+
+/// Starts the engine thread on a loaded bundle.
+pub fn start(bundle: Bundle, queue: usize) -> EngineHandle {
+    let info = BundleInfo {
+        name: bundle.manifest.name.clone(),
+        hidden_size: bundle.hidden_size(),
+        audio_sample_rate: bundle
+            .manifest
+            .encoders
+            .audio
+            .as_ref()
+            .map(|a| a.features.sample_rate),
+        max_new_tokens: bundle.manifest.generation.max_new_tokens,
+        temperature: bundle.manifest.generation.temperature,
+        image_preprocessor: bundle.image_preprocessor.clone(),
+        audio_chunker: bundle.audio_chunker(),
+        audio_state: bundle.audio.as_ref().map(|a| a.new_state()),
+    };
+    let (tx, rx) = mpsc::channel(queue);
+    let active = Arc::new(AtomicUsize::new(0));
+    let thread_active = active.clone();
+    std::thread::Builder::new()
+        .name("mmrt-engine".into())
+        .spawn(move || Engine::new(bundle, rx, thread_active).run())
+        .expect("spawning the engine thread");
+    EngineHandle {
+        jobs: tx,
+        active,
+        info: Arc::new(info),
+    }
+}
+
+/// A response being generated.
+struct Active {
+    cache: KvCache,
+    sampler: Sampler,
+    detok: IncrementalDecoder,
+    next: RowInput,
+    next_modality: Vec<Modality>,
+    max_new_tokens: usize,
+    cancel: Arc<AtomicBool>,
+    events: mpsc::Sender<GenerationEvent>,
+}
+
+impl Active {
+    /// Sends an event; a session that cannot keep up loses its response, never the
+    /// engine's time.
+    fn send(&self, event: GenerationEvent) -> bool {
+        self.events.try_send(event).is_ok()
+    }
+}
+
+struct Engine {
+    bundle: Bundle,
+    jobs: mpsc::Receiver<Job>,
+    active: Vec<Active>,
+    active_count: Arc<AtomicUsize>,
+}
+
+impl Engine {
+    fn new(bundle: Bundle, jobs: mpsc::Receiver<Job>, active_count: Arc<AtomicUsize>) -> Engine {
+        Engine {
+            bundle,
+            jobs,
+            active: Vec::new(),
+            active_count,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            // Wait for work only when nothing is being generated.
+            let mut batch = Vec::new();
+            if self.active.is_empty() {
+                match self.jobs.blocking_recv() {
+                    Some(job) => batch.push(job),
+                    None => return,
+                }
+            }
+            while batch.len() < 256 {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.handle_jobs(batch);
+            self.step();
+            self.active_count
+                .store(self.active.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn handle_jobs(&mut self, jobs: Vec<Job>) {
+        let mut audio = Vec::new();
+        let mut images = Vec::new();
+        let mut generate = Vec::new();
+        for job in jobs {
+            match job {
+                Job::EncodeAudio {
+                    state,
+                    chunk,
+                    reply,
+                } => audio.push((state, chunk, reply)),
+                Job::EncodeImage { pixels, reply } => images.push((pixels, reply)),
+                Job::EmbedText { text, reply } => {
+                    let _ = reply.send(self.bundle.embed_text(&text));
+                }
+                Job::Generate(request) => generate.push(request),
+            }
+        }
+        if !audio.is_empty() {
+            self.encode_audio(audio);
+        }
+        if !images.is_empty() {
+            self.encode_images(images);
+        }
+        for request in generate {
+            self.start_response(request);
+        }
+    }
+
+    fn encode_audio(
+        &mut self,
+        mut jobs: Vec<(
+            AudioStreamState,
+            Vec<f32>,
+            oneshot::Sender<Result<(AudioStreamState, Vec<f32>), ModelError>>,
+        )>,
+    ) {
+        let Some(encoder) = self.bundle.audio.as_mut() else {
+            for (_, _, reply) in jobs {
+                let _ = reply.send(Err(ModelError::InvalidInput(
+                    "this bundle has no audio encoder".into(),
+                )));
+            }
+            return;
+        };
+        let result = {
+            let mut items: Vec<(&mut AudioStreamState, &[f32])> = jobs
+                .iter_mut()
+                .map(|(state, chunk, _)| (state, chunk.as_slice()))
+                .collect();
+            encoder.encode_chunks(&mut items)
+        };
+        match result {
+            Ok(embeds) => {
+                for ((state, _, reply), embeds) in jobs.into_iter().zip(embeds) {
+                    let _ = reply.send(Ok((state, embeds)));
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for (_, _, reply) in jobs {
+                    let _ = reply.send(Err(ModelError::Inference {
+                        model: "audio encoder".into(),
+                        message: message.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn encode_images(
+        &mut self,
+        jobs: Vec<(Vec<f32>, oneshot::Sender<Result<Vec<f32>, ModelError>>)>,
+    ) {
+        let Some(encoder) = self.bundle.image.as_mut() else {
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(ModelError::InvalidInput(
+                    "this bundle has no image encoder".into(),
+                )));
+            }
+            return;
+        };
+        let pixels: Vec<&[f32]> = jobs.iter().map(|(p, _)| p.as_slice()).collect();
+        match encoder.encode(&pixels) {
+            Ok(embeds) => {
+                for ((_, reply), embeds) in jobs.into_iter().zip(embeds) {
+                    let _ = reply.send(Ok(embeds));
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for (_, reply) in jobs {
+                    let _ = reply.send(Err(ModelError::Inference {
+                        model: "image encoder".into(),
+                        message: message.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Assembles the prompt and prefills it; the response then joins the decode batch.
+    fn start_response(&mut self, request: GenerateRequest) {
+        if request.cancel.load(Ordering::Relaxed) {
+            let _ = request
+                .events
+                .try_send(GenerationEvent::Cancelled { output_tokens: 0 });
+            return;
+        }
+        let started = Instant::now();
+        let policies = request.policies.clone();
+        let assembled = self.bundle.assemble_prefix(&request.turn, &|m| {
+            policies.get(&m).copied().unwrap_or_default()
+        });
+        let (prefix, report) = match assembled {
+            Ok(p) => p,
+            Err(err) => {
+                let _ = request.events.try_send(GenerationEvent::Failed(err));
+                return;
+            }
+        };
+        let mut active = Active {
+            cache: KvCache::default(),
+            sampler: Sampler::new(request.sampling),
+            detok: IncrementalDecoder::new(),
+            next: RowInput::Embeds(prefix.embeds),
+            next_modality: prefix.modality,
+            max_new_tokens: request.max_new_tokens.max(1),
+            cancel: request.cancel,
+            events: request.events,
+        };
+        let input_tokens = active.next_modality.len();
+        // The prefill is a forward pass of its own so that the decode batch is not
+        // padded to the prompt's length.
+        let logits = {
+            let mut rows = [DecodeRow {
+                cache: &mut active.cache,
+                input: std::mem::replace(&mut active.next, RowInput::Ids(Vec::new())),
+                modality: std::mem::take(&mut active.next_modality),
+            }];
+            self.bundle.decoder.forward(&mut rows)
+        };
+        match logits {
+            Ok(mut logits) => {
+                active.send(GenerationEvent::Started {
+                    report,
+                    input_tokens,
+                    prefill: started.elapsed(),
+                });
+                let logits = logits.remove(0);
+                if self.advance(&mut active, &logits) {
+                    self.active.push(active);
+                }
+            }
+            Err(err) => {
+                active.send(GenerationEvent::Failed(err));
+            }
+        }
+    }
+
+    /// Samples the next token from `logits`, streams its text, and prepares the next
+    /// step's input. Returns whether the response goes on.
+    fn advance(&mut self, active: &mut Active, logits: &[f32]) -> bool {
+        let id = active.sampler.sample(logits);
+        let produced = active.detok.ids().len();
+        if id == self.bundle.tokenizer.eos {
+            return self.finish(active, FinishReason::Eos, produced);
+        }
+        match active.detok.push(&self.bundle.tokenizer, id) {
+            Ok(delta) if !delta.is_empty() => {
+                if !active.send(GenerationEvent::Delta(delta)) {
+                    return false;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                active.send(GenerationEvent::Failed(err));
+                return false;
+            }
+        }
+        let produced = active.detok.ids().len();
+        if produced >= active.max_new_tokens {
+            return self.finish(active, FinishReason::Length, produced);
+        }
+        active.next = RowInput::Ids(vec![id]);
+        active.next_modality = vec![Modality::Text];
+        true
+    }
+
+    fn finish(&mut self, active: &mut Active, reason: FinishReason, produced: usize) -> bool {
+        if let Ok(rest) = active.detok.finish(&self.bundle.tokenizer) {
+            if !rest.is_empty() {
+                active.send(GenerationEvent::Delta(rest));
+            }
+        }
+        active.send(GenerationEvent::Finished {
+            reason,
+            output_tokens: produced,
+        });
+        false
+    }
+
+    /// One decode step for every active response.
+    fn step(&mut self) {
+        // Cancelled responses leave first, freeing their caches.
+        let mut kept = Vec::with_capacity(self.active.len());
+        for active in self.active.drain(..) {
+            if active.cancel.load(Ordering::Relaxed) || active.events.is_closed() {
+                active.send(GenerationEvent::Cancelled {
+                    output_tokens: active.detok.ids().len(),
+                });
+            } else {
+                kept.push(active);
+            }
+        }
+        self.active = kept;
+        if self.active.is_empty() {
+            return;
+        }
+
+        // Embed the tokens sampled last step, all in one call.
+        let ids: Vec<[u32; 1]> = self
+            .active
+            .iter()
+            .map(|a| match &a.next {
+                RowInput::Ids(ids) => [ids.first().copied().unwrap_or(0)],
+                RowInput::Embeds(_) => [0],
+            })
+            .collect();
+        if self.bundle.decoder.spec().inputs_embeds.is_some() {
+            let refs: Vec<&[u32]> = ids.iter().map(|r| r.as_slice()).collect();
+            let embedded = match self.bundle.text.as_mut() {
+                Some(encoder) => encoder.embed(&refs),
+                None => Err(ModelError::InvalidInput("no text encoder".into())),
+            };
+            match embedded {
+                Ok(embeds) => {
+                    for (active, e) in self.active.iter_mut().zip(embeds) {
+                        active.next = RowInput::Embeds(e);
+                    }
+                }
+                Err(err) => return self.fail_all(err),
+            }
+        }
+
+        let result = {
+            let mut rows: Vec<DecodeRow<'_>> = self
+                .active
+                .iter_mut()
+                .map(|a| DecodeRow {
+                    cache: &mut a.cache,
+                    input: std::mem::replace(&mut a.next, RowInput::Ids(Vec::new())),
+                    modality: std::mem::take(&mut a.next_modality),
+                })
+                .collect();
+            self.bundle.decoder.forward(&mut rows)
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(err) => return self.fail_all(err),
+        };
+        let mut active = std::mem::take(&mut self.active);
+        let mut kept = Vec::with_capacity(active.len());
+        for (mut a, logits) in active.drain(..).zip(logits) {
+            if self.advance(&mut a, &logits) {
+                kept.push(a);
+            }
+        }
+        self.active = kept;
+    }
+
+    fn fail_all(&mut self, err: ModelError) {
+        tracing::error!(?err, "decode step failed");
+        let message = err.to_string();
+        for active in self.active.drain(..) {
+            active.send(GenerationEvent::Failed(ModelError::Inference {
+                model: "decoder".into(),
+                message: message.clone(),
+            }));
+        }
+    }
+}
