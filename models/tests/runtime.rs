@@ -328,3 +328,21 @@ fn a_full_context_is_an_error_not_a_panic() {
     assert_eq!(err.code(), "context_full");
     assert!(cache.is_empty());
 }
+
+#[test]
+fn gpu_providers_fall_back_to_cpu_when_absent() {
+    // The pinned CPU runtime has neither CUDA nor TensorRT: asking for them (alone or
+    // through `auto`) must still give a working session on the CPU.
+    for provider in ["auto", "cuda", "tensorrt"] {
+        let config = RuntimeConfig {
+            execution_provider: provider.parse().expect("provider name"),
+            ..RuntimeConfig::from_env()
+        };
+        let graph = mmrt_models::session::Graph::load(
+            &default_bundle_dir().join("text_embed.onnx"),
+            &config,
+        )
+        .expect("falls back");
+        assert_eq!(graph.provider(), "cpu", "{provider}");
+    }
+}

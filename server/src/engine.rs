@@ -18,20 +18,25 @@ use mmrt_models::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+/// Where an audio chunk's embeddings and the advanced stream state go.
+pub type AudioReply = oneshot::Sender<Result<(AudioStreamState, Vec<f32>), ModelError>>;
+/// Where embeddings go.
+pub type EmbedReply = oneshot::Sender<Result<Vec<f32>, ModelError>>;
+
 /// Work a session asks of the models.
 pub enum Job {
     EncodeAudio {
         state: AudioStreamState,
         chunk: Vec<f32>,
-        reply: oneshot::Sender<Result<(AudioStreamState, Vec<f32>), ModelError>>,
+        reply: AudioReply,
     },
     EncodeImage {
         pixels: Vec<f32>,
-        reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
+        reply: EmbedReply,
     },
     EmbedText {
         text: String,
-        reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
+        reply: EmbedReply,
     },
     Generate(GenerateRequest),
 }
@@ -236,14 +241,7 @@ impl Engine {
         }
     }
 
-    fn encode_audio(
-        &mut self,
-        mut jobs: Vec<(
-            AudioStreamState,
-            Vec<f32>,
-            oneshot::Sender<Result<(AudioStreamState, Vec<f32>), ModelError>>,
-        )>,
-    ) {
+    fn encode_audio(&mut self, mut jobs: Vec<(AudioStreamState, Vec<f32>, AudioReply)>) {
         let Some(encoder) = self.bundle.audio.as_mut() else {
             for (_, _, reply) in jobs {
                 let _ = reply.send(Err(ModelError::InvalidInput(
@@ -277,10 +275,7 @@ impl Engine {
         }
     }
 
-    fn encode_images(
-        &mut self,
-        jobs: Vec<(Vec<f32>, oneshot::Sender<Result<Vec<f32>, ModelError>>)>,
-    ) {
+    fn encode_images(&mut self, jobs: Vec<(Vec<f32>, EmbedReply)>) {
         let Some(encoder) = self.bundle.image.as_mut() else {
             for (_, reply) in jobs {
                 let _ = reply.send(Err(ModelError::InvalidInput(

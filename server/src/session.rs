@@ -138,16 +138,20 @@ impl SessionActor {
     }
 
     fn vad_config(&self) -> Option<(VadConfig, u32)> {
-        match &self.session.audio.input.turn_detection {
-            Some(TurnDetection::ServerVad(vad)) => Some((
-                VadConfig {
-                    threshold: vad.threshold,
-                    silence_duration_ms: vad.silence_duration_ms,
-                },
-                vad.prefix_padding_ms,
-            )),
-            None => None,
-        }
+        self.session
+            .audio
+            .input
+            .turn_detection
+            .as_ref()
+            .map(|TurnDetection::ServerVad(vad)| {
+                (
+                    VadConfig {
+                        threshold: vad.threshold,
+                        silence_duration_ms: vad.silence_duration_ms,
+                    },
+                    vad.prefix_padding_ms,
+                )
+            })
     }
 
     /// Runs until the client goes away or `shutdown` fires.
