@@ -3,7 +3,6 @@
 
 use std::io::Cursor;
 
-use image::imageops::FilterType;
 use image::{ImageReader, Limits, RgbImage};
 
 use crate::error::ModelError;
@@ -74,29 +73,51 @@ impl ImagePreprocessor {
     }
 
     /// Resizes and normalises a decoded image into the encoder's layout.
+    ///
+    /// The resize is the bundle format's `stretch`: bilinear with half-pixel centres and
+    /// no antialiasing (output pixel `x` samples source coordinate
+    /// `(x + 0.5) * W / width - 0.5`, clamped to the image). It reads four source pixels
+    /// per output pixel, so its cost does not grow with the camera's resolution.
     pub fn preprocess(&self, image: &RgbImage) -> Vec<f32> {
-        let (w, h) = (self.spec.width, self.spec.height);
-        let resized;
-        let image = if image.dimensions() == (w, h) {
-            image
-        } else {
-            resized = image::imageops::resize(image, w, h, FilterType::Triangle);
-            &resized
-        };
-        let plane = (w * h) as usize;
+        let (w, h) = (self.spec.width as usize, self.spec.height as usize);
+        let (src_w, src_h) = (image.width() as usize, image.height() as usize);
+        let xs = sample_coords(w, src_w);
+        let ys = sample_coords(h, src_h);
+        let raw = image.as_raw();
+        let pixel = |x: usize, y: usize, c: usize| raw[(y * src_w + x) * 3 + c] as f64;
+        let plane = w * h;
         let mut out = vec![0.0f32; 3 * plane];
-        for (i, pixel) in image.pixels().enumerate() {
-            for c in 0..3 {
-                let v = (pixel.0[c] as f32 / 255.0 - self.spec.mean[c]) / self.spec.std[c];
-                let index = match self.spec.layout {
-                    ImageLayout::Nchw => c * plane + i,
-                    ImageLayout::Nhwc => i * 3 + c,
-                };
-                out[index] = v;
+        for (oy, &(y0, y1, fy)) in ys.iter().enumerate() {
+            for (ox, &(x0, x1, fx)) in xs.iter().enumerate() {
+                let i = oy * w + ox;
+                for c in 0..3 {
+                    let top = pixel(x0, y0, c) * (1.0 - fx) + pixel(x1, y0, c) * fx;
+                    let bottom = pixel(x0, y1, c) * (1.0 - fx) + pixel(x1, y1, c) * fx;
+                    let value = (top * (1.0 - fy) + bottom * fy) / 255.0;
+                    let v = ((value as f32) - self.spec.mean[c]) / self.spec.std[c];
+                    let index = match self.spec.layout {
+                        ImageLayout::Nchw => c * plane + i,
+                        ImageLayout::Nhwc => i * 3 + c,
+                    };
+                    out[index] = v;
+                }
             }
         }
         out
     }
+}
+
+/// For each output coordinate: the two source neighbours and the weight of the second.
+fn sample_coords(out_len: usize, in_len: usize) -> Vec<(usize, usize, f64)> {
+    (0..out_len)
+        .map(|o| {
+            let c = ((o as f64 + 0.5) * in_len as f64 / out_len as f64 - 0.5)
+                .clamp(0.0, (in_len - 1) as f64);
+            let lo = c.floor() as usize;
+            let hi = (lo + 1).min(in_len - 1);
+            (lo, hi, c - lo as f64)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -123,6 +144,18 @@ mod tests {
         assert!(out[..16].iter().all(|v| (v - 1.0).abs() < 1e-6));
         assert!(out[16..32].iter().all(|v| (v + 1.0).abs() < 1e-6));
         assert!(out[32..].iter().all(|v| v.abs() < 0.01));
+    }
+
+    #[test]
+    fn halving_blends_neighbour_pairs() {
+        // Columns alternate black and white: each output pixel sits half way between a
+        // black and a white source column.
+        let image = RgbImage::from_fn(8, 8, |x, _| {
+            let v = if x % 2 == 0 { 0 } else { 255 };
+            image::Rgb([v, v, v])
+        });
+        let out = ImagePreprocessor::new(&spec()).preprocess(&image);
+        assert!(out.iter().all(|v| v.abs() < 1e-6), "{out:?}");
     }
 
     #[test]
