@@ -3,12 +3,13 @@
 //! cancelled.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -18,8 +19,12 @@ use mmrt_protocol::{new_id, ErrorCode, ProtocolError, ServerEvent, SessionLimits
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
+use crate::auth::{Auth, AuthError, REALTIME_SUBPROTOCOL};
 use crate::engine::EngineHandle;
+use crate::limits::ServerLimits;
+use crate::metrics::metrics;
 use crate::session::{Inbound, Outbound, SessionActor};
 
 /// What every connection shares.
@@ -27,13 +32,19 @@ use crate::session::{Inbound, Outbound, SessionActor};
 pub struct AppState {
     pub engine: EngineHandle,
     pub limits: SessionLimits,
+    pub server_limits: ServerLimits,
     pub max_sessions: usize,
     /// Live sessions, for lookup, counting and shutdown; each actor owns its own state.
     pub sessions: Arc<DashMap<String, SessionInfo>>,
-    /// Fires on shutdown; every session listens.
+    /// Fires on shutdown; every session listens and drains.
     pub shutdown: CancellationToken,
+    /// How long sessions get to finish their responses once `shutdown` fires.
+    pub drain: Duration,
     /// Tracks session tasks so shutdown can wait for them.
     pub tasks: TaskTracker,
+    pub auth: Arc<Auth>,
+    /// Set once the bundle is loaded and a warm-up generation ran.
+    pub ready: Arc<AtomicBool>,
 }
 
 /// What the registry knows of a session.
@@ -46,6 +57,8 @@ pub struct SessionInfo {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route(mmrt_protocol::REALTIME_PATH, get(realtime))
         .with_state(state)
 }
@@ -60,12 +73,62 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     (StatusCode::OK, axum::Json(body))
 }
 
-async fn realtime(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+/// Ready for traffic: the bundle is warmed up and the server is not shutting down.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (status, text) = if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "warming_up")
+    };
+    (status, text)
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    metrics()
+        .queue_depth
+        .with_label_values(&["engine_jobs"])
+        .set(state.engine.queued_jobs() as i64);
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        metrics().render(),
+    )
+}
+
+/// An HTTP refusal before the upgrade, with the same error body as the `error` event.
+fn refuse(status: StatusCode, err: ProtocolError) -> Response {
+    metrics().error(err.code);
+    metrics()
+        .sessions_closed
+        .with_label_values(&[err.code.code()])
+        .inc();
+    let body = ServerEvent::error(&err).to_json();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn realtime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
+        let err = ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, err);
+    }
+    if let Err(err) = state.auth.check(&headers) {
+        let status = match err {
+            AuthError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            AuthError::MissingKey | AuthError::BadKey => StatusCode::UNAUTHORIZED,
+        };
+        tracing::info!(reason = %err, "connection refused");
+        return refuse(status, ProtocolError::new(err.code(), err.to_string()));
     }
     let max_message = state.limits.max_event_bytes as usize;
     upgrade
+        // Browsers sending a key as a subprotocol also offer `realtime`, and fail the
+        // connection unless the server picks one of theirs.
+        .protocols([REALTIME_SUBPROTOCOL])
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
@@ -84,6 +147,11 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
             ErrorCode::SessionLimit,
             format!("the server holds at most {} sessions", state.max_sessions),
         );
+        metrics().error(err.code);
+        metrics()
+            .sessions_closed
+            .with_label_values(&[err.code.code()])
+            .inc();
         let _ = sink
             .send(Message::Text(ServerEvent::error(&err).to_json().into()))
             .await;
@@ -102,49 +170,49 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
             peer: None,
         },
     );
+    metrics().sessions_opened.inc();
+    metrics().sessions_active.inc();
     let span = tracing::info_span!("session", session_id = %id);
-    let _enter = span.enter();
-    tracing::info!("session opened");
-    drop(_enter);
+    span.in_scope(|| tracing::info!("session opened"));
 
     // Ends every task of this connection once any of them ends.
-    let done = state.shutdown.child_token();
     let connection = CancellationToken::new();
+    let limits = state.server_limits.clone();
     // Backpressure: a client that sends faster than the actor works waits on TCP.
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(64);
     // Bounded: a client that stops reading is closed once this fills.
-    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(512);
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(limits.send_queue);
 
     let send_task = {
         let connection = connection.clone();
+        let limits = limits.clone();
         async move {
-            let mut ping = tokio::time::interval(Duration::from_secs(20));
+            let mut ping = tokio::time::interval(limits.ping_interval);
             ping.tick().await;
             loop {
-                tokio::select! {
+                let message = tokio::select! {
                     message = out_rx.recv() => match message {
-                        Some(Outbound::Event(event)) => {
-                            let text = event.to_json();
-                            if sink.send(Message::Text(text.into())).await.is_err() {
-                                break;
-                            }
-                        }
+                        Some(Outbound::Event(event)) => Message::Text(event.to_json().into()),
                         Some(Outbound::Close { code, reason }) => {
                             let frame = CloseFrame { code, reason: reason.into() };
-                            let _ = sink.send(Message::Close(Some(frame))).await;
-                            break;
+                            Message::Close(Some(frame))
                         }
-                        None => {
-                            let _ = sink.send(Message::Close(None)).await;
-                            break;
-                        }
+                        None => Message::Close(None),
                     },
-                    _ = ping.tick() => {
-                        if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                            break;
-                        }
-                    }
+                    _ = ping.tick() => Message::Ping(Vec::new().into()),
                     _ = connection.cancelled() => break,
+                };
+                let closing = matches!(message, Message::Close(_));
+                // A write that cannot finish (the client stopped reading and TCP is
+                // full) ends the connection instead of holding it forever.
+                let written = tokio::select! {
+                    r = tokio::time::timeout(limits.send_timeout, sink.send(message)) => {
+                        matches!(r, Ok(Ok(())))
+                    }
+                    _ = connection.cancelled() => false,
+                };
+                if !written || closing {
+                    break;
                 }
             }
             connection.cancel();
@@ -153,18 +221,26 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
 
     let recv_task = {
         let connection = connection.clone();
+        // The server pings every interval, so a live client is never silent longer.
+        let silence = limits.ping_interval + limits.pong_timeout;
         async move {
+            let mut reason = None;
             loop {
                 let message = tokio::select! {
-                    message = stream.next() => message,
+                    message = tokio::time::timeout(silence, stream.next()) => message,
                     _ = connection.cancelled() => break,
                 };
                 let inbound = match message {
-                    Some(Ok(Message::Text(text))) => Inbound::Text(text.to_string()),
-                    Some(Ok(Message::Binary(bytes))) => Inbound::Binary(bytes.to_vec()),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(err)) => {
+                    Err(_) => {
+                        tracing::info!("no pong in time, closing");
+                        reason = Some(ErrorCode::Timeout.code());
+                        break;
+                    }
+                    Ok(Some(Ok(Message::Text(text)))) => Inbound::Text(text.to_string()),
+                    Ok(Some(Ok(Message::Binary(bytes)))) => Inbound::Binary(bytes.to_vec()),
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                    Ok(Some(Ok(Message::Close(_))) | None) => break,
+                    Ok(Some(Err(err))) => {
                         tracing::debug!(?err, "websocket read failed");
                         break;
                     }
@@ -174,6 +250,7 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
                 }
             }
             connection.cancel();
+            reason
         }
     };
 
@@ -182,18 +259,37 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
         state.engine.clone(),
         state.limits.clone(),
         out_tx,
-    );
+    )
+    .with_server_limits(&limits, state.drain);
     let actor_task = {
         let connection = connection.clone();
-        let done = done.clone();
+        let shutdown = state.shutdown.clone();
         async move {
-            tokio::select! {
-                _ = actor.run(in_rx, done) => {}
-                _ = connection.cancelled() => {}
+            let reason = tokio::select! {
+                reason = actor.run(in_rx, shutdown) => reason,
+                _ = connection.cancelled() => return None,
+            };
+            if reason == ErrorCode::SlowConsumer.code() {
+                // Nothing more will be read by this client; drop it now.
+                connection.cancel();
+            } else {
+                // Let the send task deliver what is queued and the close frame.
+                tokio::select! {
+                    _ = tokio::time::sleep(limits.send_timeout) => connection.cancel(),
+                    _ = connection.cancelled() => {}
+                }
             }
+            Some(reason)
         }
     };
-    tokio::join!(send_task, recv_task, actor_task);
+    let ((), recv_reason, actor_reason) = async { tokio::join!(send_task, recv_task, actor_task) }
+        .instrument(span.clone())
+        .await;
     state.sessions.remove(&id);
-    tracing::info!(session_id = %id, "session closed");
+    let reason = actor_reason
+        .or(recv_reason)
+        .unwrap_or(crate::session::CLIENT_CLOSED);
+    metrics().sessions_active.dec();
+    metrics().sessions_closed.with_label_values(&[reason]).inc();
+    span.in_scope(|| tracing::info!(reason, "session closed"));
 }

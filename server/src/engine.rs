@@ -18,6 +18,8 @@ use mmrt_models::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::metrics;
+
 /// Where an audio chunk's embeddings and the advanced stream state go.
 pub type AudioReply = oneshot::Sender<Result<(AudioStreamState, Vec<f32>), ModelError>>;
 /// Where embeddings go.
@@ -112,6 +114,11 @@ impl EngineHandle {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Jobs waiting in the queue now.
+    pub fn queued_jobs(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     /// Queues a job without waiting; a full queue is `Overloaded`.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         self.jobs.try_send(job).map_err(|e| match e {
@@ -121,8 +128,9 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread on a loaded bundle.
-pub fn start(bundle: Bundle, queue: usize) -> EngineHandle {
+/// Starts the engine thread on a loaded bundle. `max_kv_tokens` caps what one
+/// response holds in its KV cache, prompt and output together.
+pub fn start(bundle: Bundle, queue: usize, max_kv_tokens: usize) -> EngineHandle {
     let info = BundleInfo {
         name: bundle.manifest.name.clone(),
         hidden_size: bundle.hidden_size(),
@@ -143,7 +151,7 @@ pub fn start(bundle: Bundle, queue: usize) -> EngineHandle {
     let thread_active = active.clone();
     std::thread::Builder::new()
         .name("mmrt-engine".into())
-        .spawn(move || Engine::new(bundle, rx, thread_active).run())
+        .spawn(move || Engine::new(bundle, rx, thread_active, max_kv_tokens).run())
         .expect("spawning the engine thread");
     EngineHandle {
         jobs: tx,
@@ -177,15 +185,22 @@ struct Engine {
     jobs: mpsc::Receiver<Job>,
     active: Vec<Active>,
     active_count: Arc<AtomicUsize>,
+    max_kv_tokens: usize,
 }
 
 impl Engine {
-    fn new(bundle: Bundle, jobs: mpsc::Receiver<Job>, active_count: Arc<AtomicUsize>) -> Engine {
+    fn new(
+        bundle: Bundle,
+        jobs: mpsc::Receiver<Job>,
+        active_count: Arc<AtomicUsize>,
+        max_kv_tokens: usize,
+    ) -> Engine {
         Engine {
             bundle,
             jobs,
             active: Vec::new(),
             active_count,
+            max_kv_tokens,
         }
     }
 
@@ -209,6 +224,13 @@ impl Engine {
             self.step();
             self.active_count
                 .store(self.active.len(), Ordering::Relaxed);
+            let m = metrics();
+            m.responses_active.set(self.active.len() as i64);
+            m.kv_cache_tokens
+                .set(self.active.iter().map(|a| a.cache.len()).sum::<usize>() as i64);
+            m.queue_depth
+                .with_label_values(&["engine_jobs"])
+                .set(self.jobs.len() as i64);
         }
     }
 
@@ -225,7 +247,9 @@ impl Engine {
                 } => audio.push((state, chunk, reply)),
                 Job::EncodeImage { pixels, reply } => images.push((pixels, reply)),
                 Job::EmbedText { text, reply } => {
+                    let started = Instant::now();
                     let _ = reply.send(self.bundle.embed_text(&text));
+                    metrics().model_call("text_encoder", 1, started.elapsed().as_secs_f64());
                 }
                 Job::Generate(request) => generate.push(request),
             }
@@ -250,6 +274,7 @@ impl Engine {
             }
             return;
         };
+        let started = Instant::now();
         let result = {
             let mut items: Vec<(&mut AudioStreamState, &[f32])> = jobs
                 .iter_mut()
@@ -257,6 +282,7 @@ impl Engine {
                 .collect();
             encoder.encode_chunks(&mut items)
         };
+        metrics().model_call("audio_encoder", jobs.len(), started.elapsed().as_secs_f64());
         match result {
             Ok(embeds) => {
                 for ((state, _, reply), embeds) in jobs.into_iter().zip(embeds) {
@@ -285,7 +311,10 @@ impl Engine {
             return;
         };
         let pixels: Vec<&[f32]> = jobs.iter().map(|(p, _)| p.as_slice()).collect();
-        match encoder.encode(&pixels) {
+        let started = Instant::now();
+        let result = encoder.encode(&pixels);
+        metrics().model_call("image_encoder", jobs.len(), started.elapsed().as_secs_f64());
+        match result {
             Ok(embeds) => {
                 for ((_, reply), embeds) in jobs.into_iter().zip(embeds) {
                     let _ = reply.send(Ok(embeds));
@@ -323,17 +352,30 @@ impl Engine {
                 return;
             }
         };
+        // The prompt and the output share the response's KV budget.
+        let input_tokens = prefix.modality.len();
+        if input_tokens >= self.max_kv_tokens {
+            let _ = request
+                .events
+                .try_send(GenerationEvent::Failed(ModelError::ContextFull {
+                    needed: input_tokens + 1,
+                    limit: self.max_kv_tokens,
+                }));
+            return;
+        }
+        let max_new_tokens = request
+            .max_new_tokens
+            .clamp(1, self.max_kv_tokens - input_tokens);
         let mut active = Active {
             cache: KvCache::default(),
             sampler: Sampler::new(request.sampling),
             detok: IncrementalDecoder::new(),
             next: RowInput::Embeds(prefix.embeds),
             next_modality: prefix.modality,
-            max_new_tokens: request.max_new_tokens.max(1),
+            max_new_tokens,
             cancel: request.cancel,
             events: request.events,
         };
-        let input_tokens = active.next_modality.len();
         // The prefill is a forward pass of its own so that the decode batch is not
         // padded to the prompt's length.
         let logits = {
@@ -344,6 +386,7 @@ impl Engine {
             }];
             self.bundle.decoder.forward(&mut rows)
         };
+        metrics().model_call("decoder_prefill", 1, started.elapsed().as_secs_f64());
         match logits {
             Ok(mut logits) => {
                 active.send(GenerationEvent::Started {
@@ -366,6 +409,7 @@ impl Engine {
     /// step's input. Returns whether the response goes on.
     fn advance(&mut self, active: &mut Active, logits: &[f32]) -> bool {
         let id = active.sampler.sample(logits);
+        metrics().tokens_generated.inc();
         let produced = active.detok.ids().len();
         if id == self.bundle.tokenizer.eos {
             return self.finish(active, FinishReason::Eos, produced);
@@ -447,6 +491,7 @@ impl Engine {
             }
         }
 
+        let started = Instant::now();
         let result = {
             let mut rows: Vec<DecodeRow<'_>> = self
                 .active
@@ -459,6 +504,11 @@ impl Engine {
                 .collect();
             self.bundle.decoder.forward(&mut rows)
         };
+        metrics().model_call(
+            "decoder_step",
+            self.active.len(),
+            started.elapsed().as_secs_f64(),
+        );
         let logits = match result {
             Ok(l) => l,
             Err(err) => return self.fail_all(err),

@@ -8,9 +8,19 @@
 //! - [`ingest`]: audio decode, resampling, chunking; video frame sampling.
 //! - [`vad`]: energy-based turn detection.
 //! - [`engine`]: the dedicated model thread, batching work across sessions.
+//! - [`warmup`]: the generation run at start before `/readyz` says ready.
+//! - [`config`]: flags, environment and the TOML file, checked at start.
+//! - [`auth`]: API keys and the Origin allow-list.
+//! - [`limits`]: server-side session limits and the frame rate limiter.
+//! - [`metrics`]: Prometheus metrics served at `/metrics`.
 
 pub mod app;
+pub mod auth;
+pub mod config;
 pub mod engine;
 pub mod ingest;
+pub mod limits;
+pub mod metrics;
 pub mod session;
 pub mod vad;
+pub mod warmup;

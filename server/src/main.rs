@@ -1,16 +1,18 @@
 //! `mmrt`: the real-time multimodal inference server.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mmrt_models::{Bundle, ExecutionProviderKind, RuntimeConfig};
-use mmrt_protocol::SessionLimits;
+use mmrt_models::{Bundle, RuntimeConfig};
 use mmrt_server::app::{router, AppState};
-use mmrt_server::engine;
+use mmrt_server::auth::Auth;
+use mmrt_server::config::{LogFormat, Options, Settings};
+use mmrt_server::limits::ServerLimits;
+use mmrt_server::{engine, warmup};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,85 +30,59 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the realtime WebSocket API (the default command).
-    Serve(ServeArgs),
-}
-
-#[derive(Parser, Debug, Clone)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "MMRT_LISTEN", default_value = mmrt_protocol::DEFAULT_ADDR)]
-    listen: SocketAddr,
-    /// Model bundle folder; the built-in tiny bundle when not given.
-    #[arg(long, env = "MMRT_BUNDLE")]
-    bundle: Option<PathBuf>,
-    /// Execution provider: cpu, cuda, tensorrt or auto.
-    #[arg(long, env = "MMRT_EXECUTION_PROVIDER", default_value = "cpu")]
-    execution_provider: String,
-    /// ONNX Runtime library to load instead of the pinned one.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    ort_library: Option<PathBuf>,
-    /// Which pinned ONNX Runtime to fetch: cpu or gpu.
-    #[arg(long, env = "MMRT_ORT_FLAVOUR", default_value = "cpu")]
-    ort_flavour: String,
-    /// Cache folder for the runtime library and TensorRT engines.
-    #[arg(long, env = "MMRT_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Intra-op threads per model (0 lets ONNX Runtime choose).
-    #[arg(long, env = "MMRT_INTRA_THREADS", default_value_t = 1)]
-    intra_threads: usize,
-    /// Most sessions at once; more are refused.
-    #[arg(long, env = "MMRT_MAX_SESSIONS", default_value_t = 1000)]
-    max_sessions: usize,
-    /// Jobs waiting for the models before new ones are refused as overloaded.
-    #[arg(long, env = "MMRT_QUEUE", default_value_t = 4096)]
-    queue: usize,
-    /// Seconds responses get to finish on shutdown.
-    #[arg(long, env = "MMRT_DRAIN_SECONDS", default_value_t = 10)]
-    drain_seconds: u64,
+    Serve(Options),
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => ServeArgs::parse_from(["mmrt"]),
+    let options = match cli.command {
+        Some(Command::Serve(options)) => options,
+        None => {
+            #[derive(Parser)]
+            struct Bare {
+                #[command(flatten)]
+                options: Options,
+            }
+            Bare::parse_from(["mmrt"]).options
+        }
     };
-    serve(args)
+    // Keys from the environment only: a flag would show them in `ps`.
+    let settings = options.resolve(std::env::var("MMRT_API_KEYS").ok())?;
+    init_logging(settings.log_format);
+    serve(settings)
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let provider: ExecutionProviderKind = args
-        .execution_provider
-        .parse()
-        .with_context(|| format!("--execution-provider {}", args.execution_provider))?;
-    if args.ort_flavour != "cpu" && args.ort_flavour != "gpu" {
-        anyhow::bail!("--ort-flavour {}: expected cpu or gpu", args.ort_flavour);
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,ort=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
     }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut runtime = RuntimeConfig::from_env();
-    runtime.execution_provider = provider;
-    runtime.intra_threads = args.intra_threads;
-    runtime.flavour = args.ort_flavour.clone();
-    if let Some(path) = &args.ort_library {
+    runtime.execution_provider = settings.execution_provider;
+    runtime.intra_threads = settings.intra_threads;
+    runtime.flavour = settings.ort_flavour.clone();
+    if let Some(path) = &settings.ort_library {
         runtime.library_path = Some(path.clone());
     }
-    if let Some(dir) = &args.cache_dir {
+    if let Some(dir) = &settings.cache_dir {
         runtime.cache_dir = dir.clone();
     }
-    let bundle_dir = args
+    let bundle_dir = settings
         .bundle
         .clone()
         .unwrap_or_else(mmrt_models::default_bundle_dir);
     let bundle = Bundle::load(&bundle_dir, &runtime)
         .with_context(|| format!("loading the bundle in {}", bundle_dir.display()))?;
     tracing::info!(bundle = %bundle.manifest.name, dir = %bundle_dir.display(), "bundle loaded");
-    let engine = engine::start(bundle, args.queue);
+    let engine = engine::start(bundle, settings.queue, settings.max_kv_tokens);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,38 +90,77 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let state = AppState {
-            engine,
-            limits: SessionLimits::default(),
-            max_sessions: args.max_sessions,
+            engine: engine.clone(),
+            limits: settings.limits.clone(),
+            server_limits: ServerLimits {
+                max_frames_per_second: settings.max_frames_per_second,
+                send_queue: settings.send_queue,
+                send_timeout: settings.send_timeout,
+                ping_interval: settings.ping_interval,
+                pong_timeout: settings.pong_timeout,
+            },
+            max_sessions: settings.max_sessions,
             sessions: Arc::new(dashmap::DashMap::new()),
             shutdown: CancellationToken::new(),
+            drain: settings.drain,
             tasks: TaskTracker::new(),
+            auth: Arc::new(Auth::new(
+                settings.api_keys.0.clone(),
+                settings.allowed_origins.clone(),
+            )),
+            ready: Arc::new(AtomicBool::new(false)),
         };
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        if state.auth.requires_key() {
+            tracing::info!(keys = settings.api_keys.0.len(), "api keys required");
+        }
+        let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
-            .with_context(|| format!("binding --listen {}", args.listen))?;
+            .with_context(|| format!("binding --listen {}", settings.listen))?;
         let local = listener.local_addr()?;
         // Tests and scripts read this line to find an ephemeral port.
         println!("mmrt listening on {local}");
         tracing::info!(%local, "listening");
+
+        // Ready once one generation has run end to end.
+        let ready = state.ready.clone();
+        tokio::spawn(async move {
+            match warmup::run(&engine).await {
+                Ok(took) => {
+                    tracing::info!(?took, "warm-up done, ready");
+                    ready.store(true, Ordering::Release);
+                    mmrt_server::metrics::metrics().ready.set(1);
+                }
+                Err(err) => tracing::error!(%err, "warm-up failed; /readyz stays unready"),
+            }
+        });
+
         let shutdown = state.shutdown.clone();
         let tasks = state.tasks.clone();
+        let drain = settings.drain;
         let app = router(state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                wait_for_signal().await;
-                tracing::info!("shutting down");
-                shutdown.cancel();
+        // Stop accepting at the signal; sessions drain under the deadline meanwhile.
+        let serving = axum::serve(listener, app)
+            .with_graceful_shutdown({
+                let shutdown = shutdown.clone();
+                async move {
+                    wait_for_signal().await;
+                    tracing::info!(?drain, "shutting down");
+                    shutdown.cancel();
+                }
             })
-            .await
-            .context("serving")?;
+            .into_future();
+        let server = tokio::spawn(serving);
+        shutdown.cancelled().await;
         tasks.close();
-        if tokio::time::timeout(Duration::from_secs(args.drain_seconds), tasks.wait())
+        // Sessions close themselves at the drain deadline; the margin covers the
+        // close handshake.
+        if tokio::time::timeout(drain + Duration::from_secs(2), tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!("sessions did not finish before the drain deadline");
         }
+        server.abort();
         Ok(())
     })
 }

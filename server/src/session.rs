@@ -36,10 +36,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{EngineHandle, GenerateRequest, GenerationEvent, Job, SubmitError};
 use crate::ingest::{AudioIngest, FrameSampler};
+use crate::limits::{RateLimiter, ServerLimits};
+use crate::metrics::metrics;
 use crate::vad::{VadConfig, VadEvent};
 
 /// How long a session waits for the engine before calling it overloaded.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The close reason (and metric label) of a session the client ended.
+pub const CLIENT_CLOSED: &str = "client_closed";
 
 /// A message from the client, as the receive task read it.
 #[derive(Debug)]
@@ -74,6 +79,9 @@ struct ActiveResponse {
     report: Vec<ModalityState>,
     max_output_tokens: u32,
     reason: Option<StatusReason>,
+    /// When the response was asked for: the end of the user's turn.
+    requested_at: Instant,
+    last_delta_at: Option<Instant>,
 }
 
 pub struct SessionActor {
@@ -93,6 +101,14 @@ pub struct SessionActor {
     last_item_id: Option<String>,
     items: u32,
     response: Option<ActiveResponse>,
+    /// Video frames the client may send per second.
+    frame_rate: RateLimiter,
+    /// How long running responses may go on once the server starts shutting down.
+    drain: Duration,
+    /// Set once shutdown began; new responses are refused.
+    draining: bool,
+    /// Set when the send queue overflowed; the session ends.
+    slow_consumer: AtomicBool,
 }
 
 impl SessionActor {
@@ -123,9 +139,20 @@ impl SessionActor {
             last_item_id: None,
             items: 0,
             response: None,
+            frame_rate: RateLimiter::new(ServerLimits::default().max_frames_per_second),
+            drain: Duration::from_secs(10),
+            draining: false,
+            slow_consumer: AtomicBool::new(false),
         };
         actor.audio = actor.build_audio_ingest().ok().flatten();
         actor
+    }
+
+    /// Applies the server's limits that `SessionLimits` does not carry.
+    pub fn with_server_limits(mut self, limits: &ServerLimits, drain: Duration) -> SessionActor {
+        self.frame_rate = RateLimiter::new(limits.max_frames_per_second);
+        self.drain = drain;
+        self
     }
 
     fn build_audio_ingest(&self) -> Result<Option<AudioIngest>, ProtocolError> {
@@ -154,40 +181,73 @@ impl SessionActor {
             })
     }
 
-    /// Runs until the client goes away or `shutdown` fires.
-    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+    /// Runs until the client goes away, the session times out or, once `shutdown`
+    /// fires, its response finishes or the drain deadline passes. Returns why it
+    /// ended, as a close reason.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        shutdown: CancellationToken,
+    ) -> &'static str {
         let created = ServerEvent::SessionCreated(SessionEvent {
             event_id: new_event_id(),
             session: self.session.clone(),
         });
         if !self.emit(created) {
-            return;
+            return ErrorCode::SlowConsumer.code();
         }
         let idle = Duration::from_millis(self.session.mmrt.limits.idle_timeout_ms);
-        loop {
+        let drain_deadline = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(drain_deadline);
+        let reason = loop {
             tokio::select! {
                 message = tokio::time::timeout(idle, inbound.recv()) => match message {
                     Ok(Some(message)) => self.handle(message).await,
-                    Ok(None) => break,
+                    Ok(None) => break CLIENT_CLOSED,
                     Err(_) => {
-                        self.close(1000, "idle timeout");
-                        break;
+                        self.close(1000, ErrorCode::Timeout.code());
+                        break ErrorCode::Timeout.code();
                     }
                 },
                 event = next_generation_event(&mut self.response) => self.on_generation(event),
-                _ = shutdown.cancelled() => {
-                    self.close(1001, "server shutting down");
-                    break;
+                _ = shutdown.cancelled(), if !self.draining => {
+                    // Tell the client, let a running response finish, then close.
+                    self.draining = true;
+                    drain_deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.drain);
+                    self.emit_error(ProtocolError::new(
+                        ErrorCode::ShuttingDown,
+                        format!(
+                            "the server is shutting down; this session closes within {} ms",
+                            self.drain.as_millis()
+                        ),
+                    ));
+                }
+                _ = &mut drain_deadline, if self.draining => {
+                    if let Some(response) = &self.response {
+                        response.cancel.store(true, Ordering::Relaxed);
+                    }
+                    self.close(1001, ErrorCode::ShuttingDown.code());
+                    break ErrorCode::ShuttingDown.code();
                 }
             }
-            if self.out.is_closed() {
-                break;
+            if self.slow_consumer.load(Ordering::Relaxed) {
+                break ErrorCode::SlowConsumer.code();
             }
-        }
+            if self.draining && self.response.is_none() {
+                self.close(1001, ErrorCode::ShuttingDown.code());
+                break ErrorCode::ShuttingDown.code();
+            }
+            if self.out.is_closed() {
+                break CLIENT_CLOSED;
+            }
+        };
         // A vanished client's response stops at the next step and frees its cache.
         if let Some(response) = &self.response {
             response.cancel.store(true, Ordering::Relaxed);
         }
+        reason
     }
 
     /// Queues an event for the client; a client that does not read is closed.
@@ -195,6 +255,9 @@ impl SessionActor {
         match self.out.try_send(Outbound::Event(Box::new(event))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.slow_consumer.swap(true, Ordering::Relaxed) {
+                    return false;
+                }
                 tracing::warn!(session_id = %self.session.id, "send queue full, closing");
                 // The close may not fit either; the send task ends when we drop the sender.
                 let _ = self.out.try_send(Outbound::Close {
@@ -209,6 +272,7 @@ impl SessionActor {
 
     fn emit_error(&self, err: ProtocolError) {
         tracing::debug!(session_id = %self.session.id, code = err.code.code(), message = %err.message, "client error");
+        metrics().error(err.code);
         self.emit(ServerEvent::error(&err));
     }
 
@@ -334,6 +398,7 @@ impl SessionActor {
 
     /// Ingests PCM16 at the session rate: turn detection, chunking, streaming encode.
     async fn ingest_pcm(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        metrics().ingest("audio", bytes.len());
         let max_ms = self.session.mmrt.limits.max_audio_buffer_ms;
         let audio = self.audio.as_mut().ok_or_else(no_audio)?;
         let outcome = audio.push_pcm16(bytes, max_ms)?;
@@ -530,6 +595,7 @@ impl SessionActor {
                     })?;
                     let data = DataUrlImage::parse(url)
                         .map_err(|e| e.with_param(format!("item.content[{i}].image_url")))?;
+                    metrics().ingest("image", data.bytes.len());
                     image = Some(self.encode_image(data.format, data.bytes, None).await?);
                 }
                 ContentPart::InputAudio { audio, .. } => {
@@ -611,8 +677,20 @@ impl SessionActor {
         size: Option<(u32, u32)>,
         timestamp_ms: u64,
     ) -> Result<(), ProtocolError> {
+        metrics().ingest("video", bytes.len());
+        if let Err(err) = self.frame_rate.take() {
+            metrics()
+                .frames_dropped
+                .with_label_values(&["rate_limited"])
+                .inc();
+            return Err(err);
+        }
         let fps = self.session.mmrt.video.sample_fps;
         if !self.frames.admit(timestamp_ms, fps)? {
+            metrics()
+                .frames_dropped
+                .with_label_values(&["sampled_out"])
+                .inc();
             return Ok(());
         }
         let embeds = self.encode_image(format, bytes, size).await?;
@@ -677,6 +755,12 @@ impl SessionActor {
     }
 
     async fn create_response(&mut self, create: ResponseCreate) -> Result<(), ProtocolError> {
+        if self.draining {
+            return Err(ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down and starts no new responses",
+            ));
+        }
         if self.response.is_some() {
             return Err(ProtocolError::new(
                 ErrorCode::ResponseInProgress,
@@ -790,6 +874,8 @@ impl SessionActor {
             report,
             max_output_tokens: settings.max_output_tokens,
             reason: None,
+            requested_at: Instant::now(),
+            last_delta_at: None,
         });
         Ok(())
     }
@@ -819,6 +905,16 @@ impl SessionActor {
                 self.emit(event);
             }
             GenerationEvent::Delta(delta) => {
+                let now = Instant::now();
+                match response.last_delta_at {
+                    None => metrics()
+                        .first_token_seconds
+                        .observe((now - response.requested_at).as_secs_f64()),
+                    Some(last) => metrics()
+                        .inter_token_seconds
+                        .observe((now - last).as_secs_f64()),
+                }
+                response.last_delta_at = Some(now);
                 response.text.push_str(&delta);
                 let event = ServerEvent::OutputTextDelta(OutputTextDelta {
                     event_id: new_event_id(),
