@@ -145,6 +145,17 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// Parses flags as the command line would (without the program name); the
+    /// library's entry point for tests and other tools.
+    pub fn try_parse_args<I, S>(args: I) -> Result<LoadOptions, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        let program = std::iter::once(std::ffi::OsString::from("mmrt-loadtest"));
+        LoadOptions::try_parse_from(program.chain(args.into_iter().map(Into::into)))
+    }
+
     /// Checks values that clap cannot: loopback, ranges, combinations.
     pub fn validate(&self) -> Result<(), LoadError> {
         let bad = |flag, value: String, reason: &str| LoadError::BadOption {
