@@ -15,7 +15,7 @@ use crate::manifest::{resolve, Manifest, Modality, TemplatePart};
 use crate::runtime::RuntimeConfig;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::Graph;
-use crate::text::{IncrementalDecoder, TextTokenizer};
+use crate::text::{IncrementalDecoder, StopMatcher, TextTokenizer};
 
 /// How a modality missing from a turn is stood in for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -357,6 +357,8 @@ impl Bundle {
             })
             .collect();
         let mut detok = vec![IncrementalDecoder::new(); n];
+        let mut stops = vec![StopMatcher::new(&params.stop); n];
+        let mut texts = vec![String::new(); n];
         let mut finish: Vec<Option<FinishReason>> = vec![None; n];
         let mut inputs: Vec<RowInput> = prefixes
             .iter()
@@ -391,12 +393,9 @@ impl Bundle {
                     finish[i] = Some(FinishReason::Eos);
                     continue;
                 }
-                detok[i].push(&self.tokenizer, id)?;
-                if params
-                    .stop
-                    .iter()
-                    .any(|s| detok[i].text().contains(s.as_str()))
-                {
+                let delta = detok[i].push(&self.tokenizer, id)?;
+                texts[i].push_str(&stops[i].push(&delta));
+                if stops[i].stopped() {
                     finish[i] = Some(FinishReason::Stop);
                 } else if detok[i].ids().len() >= params.max_new_tokens {
                     finish[i] = Some(FinishReason::Length);
@@ -426,13 +425,12 @@ impl Bundle {
 
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            detok[i].finish(&self.tokenizer)?;
-            let mut text = detok[i].text().to_string();
-            if let Some(stop) = params.stop.iter().find(|s| text.contains(s.as_str())) {
-                if let Some(at) = text.find(stop.as_str()) {
-                    text.truncate(at);
-                }
+            let rest = detok[i].finish(&self.tokenizer)?;
+            texts[i].push_str(&stops[i].push(&rest));
+            if !stops[i].stopped() {
+                texts[i].push_str(&stops[i].finish());
             }
+            let text = std::mem::take(&mut texts[i]);
             out.push(Generation {
                 token_ids: detok[i].ids().to_vec(),
                 text,

@@ -41,7 +41,7 @@ pub use image_prep::ImagePreprocessor;
 pub use manifest::{Manifest, Modality};
 pub use runtime::{ExecutionProviderKind, RuntimeConfig};
 pub use sampling::{Sampler, SamplingParams};
-pub use text::{IncrementalDecoder, TextTokenizer};
+pub use text::{IncrementalDecoder, StopMatcher, TextTokenizer};
 
 /// The folder of the default bundle inside this repository.
 pub fn default_bundle_dir() -> std::path::PathBuf {

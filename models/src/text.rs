@@ -126,3 +126,90 @@ impl IncrementalDecoder {
         &self.ids
     }
 }
+
+/// Watches streamed text for stop strings, holding back any tail that could be the
+/// start of one, so that a stop string never reaches the client.
+#[derive(Debug, Clone, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    held: String,
+    stopped: bool,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> StopMatcher {
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
+            stopped: false,
+        }
+    }
+
+    /// Whether a stop string has been seen.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Takes new text; returns what may be shown now.
+    pub fn push(&mut self, delta: &str) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.held.push_str(delta);
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
+        if let Some(at) = first_stop {
+            self.stopped = true;
+            let shown = self.held[..at].to_string();
+            self.held.clear();
+            return shown;
+        }
+        // Keep back the longest tail that is a prefix of some stop string.
+        let mut keep = 0;
+        for stop in &self.stops {
+            for (i, _) in stop.char_indices().skip(1) {
+                if self.held.ends_with(&stop[..i]) {
+                    keep = keep.max(i);
+                }
+            }
+        }
+        let split = self.held.len() - keep;
+        let shown = self.held[..split].to_string();
+        self.held.drain(..split);
+        shown
+    }
+
+    /// Ends the stream: whatever was held back (it did not become a stop string).
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_string_split_across_deltas_is_never_shown() {
+        let mut m = StopMatcher::new(&["</s>".to_string()]);
+        let mut shown = String::new();
+        for delta in ["the an", "swer <", "/", "s> more"] {
+            shown.push_str(&m.push(delta));
+        }
+        assert!(m.stopped());
+        assert_eq!(shown, "the answer ");
+    }
+
+    #[test]
+    fn a_false_start_is_released() {
+        let mut m = StopMatcher::new(&["END".to_string()]);
+        assert_eq!(m.push("an E"), "an ");
+        assert_eq!(m.push("xit"), "Exit");
+        assert_eq!(m.push(" EN"), " ");
+        assert_eq!(m.finish(), "EN");
+        assert!(!m.stopped());
+    }
+}
