@@ -352,20 +352,23 @@ impl Engine {
                 return;
             }
         };
-        // The prompt and the output share the response's KV budget.
+        // The prompt and the output share the response's KV budget, which is also
+        // bounded by the decoder's context: a long answer ends as `incomplete` rather
+        // than failing at the context's edge.
+        let budget = self
+            .max_kv_tokens
+            .min(self.bundle.decoder.spec().max_positions);
         let input_tokens = prefix.modality.len();
-        if input_tokens >= self.max_kv_tokens {
+        if input_tokens >= budget {
             let _ = request
                 .events
                 .try_send(GenerationEvent::Failed(ModelError::ContextFull {
                     needed: input_tokens + 1,
-                    limit: self.max_kv_tokens,
+                    limit: budget,
                 }));
             return;
         }
-        let max_new_tokens = request
-            .max_new_tokens
-            .clamp(1, self.max_kv_tokens - input_tokens);
+        let max_new_tokens = request.max_new_tokens.clamp(1, budget - input_tokens);
         let mut active = Active {
             cache: KvCache::default(),
             sampler: Sampler::new(request.sampling),
