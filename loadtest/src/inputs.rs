@@ -61,18 +61,22 @@ struct ManifestFrames {
 }
 
 impl Inputs {
-    /// Reads the files named by the options, or the samples manifest's defaults.
+    /// Reads the files named by the options, or the samples manifest's defaults (or,
+    /// without a manifest, the WAV and image files directly in the samples folder).
     pub fn load(options: &LoadOptions) -> Result<Arc<Inputs>, LoadError> {
         let manifest = read_manifest(&options.samples)?;
         let root = &options.samples;
 
         // Speech: the named files, else every audio sample.
         let audio_paths: Vec<PathBuf> = if options.audio.is_empty() {
-            manifest
-                .iter()
-                .flat_map(|m| m.samples.iter())
-                .filter_map(|s| s.audio.as_ref().map(|a| root.join(a)))
-                .collect()
+            match &manifest {
+                Some(m) => m
+                    .samples
+                    .iter()
+                    .filter_map(|s| s.audio.as_ref().map(|a| root.join(a)))
+                    .collect(),
+                None => files_with(root, &["wav"]),
+            }
         } else {
             options.audio.clone()
         };
@@ -141,7 +145,7 @@ fn read_manifest(samples: &Path) -> Result<Option<Manifest>, LoadError> {
 
 fn default_frames(manifest: Option<&Manifest>, root: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let Some(manifest) = manifest else {
-        return Ok(Vec::new());
+        return Ok(files_with(root, &["png", "jpg", "jpeg"]));
     };
     if let Some(dir) = manifest.samples.iter().find_map(|s| s.frames.as_ref()) {
         return Ok(list_frames(&root.join(&dir.dir))?);
@@ -151,6 +155,23 @@ fn default_frames(manifest: Option<&Manifest>, root: &Path) -> Result<Vec<PathBu
         .iter()
         .flat_map(|s| s.images.iter().map(|i| root.join(i)))
         .collect())
+}
+
+/// The files directly in `dir` with one of `exts`, sorted; none when it cannot be read.
+fn files_with(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| exts.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// Cuts audio into 20 ms payloads in the wire encoding.
