@@ -802,8 +802,9 @@ impl SessionActor {
             _ => None,
         };
         if !self.turn_audio.is_empty() {
+            // Copied, not taken: if the engine refuses the job the turn stays intact.
             turn.by_modality
-                .insert(Modality::Audio, std::mem::take(&mut self.turn_audio));
+                .insert(Modality::Audio, self.turn_audio.clone());
         }
         policies.insert(Modality::Image, to_model_fill(fill.image));
         policies.insert(Modality::Audio, to_model_fill(fill.audio));
@@ -830,6 +831,7 @@ impl SessionActor {
 
         // The turn is consumed.
         self.turn_text.clear();
+        self.turn_audio.clear();
         if let Some(image) = self.image.as_mut() {
             image.fresh = false;
         }

@@ -338,3 +338,47 @@ async fn each_missing_modality_is_reported() {
     assert_eq!(status(InputModality::Image), Some(ModalityStatus::Filled));
     assert_eq!(status(InputModality::Audio), Some(ModalityStatus::Filled));
 }
+
+#[test]
+fn the_cli_prints_the_expected_answer() {
+    let server = Server::start(&[]);
+    // One sample of each kind of input the CLI takes.
+    let all = samples();
+    let picks = [
+        all.iter()
+            .find(|s| s.audio.is_some() && s.text.is_none() && s.images.is_empty()),
+        all.iter()
+            .find(|s| !s.images.is_empty() && s.text.is_some()),
+        all.iter().find(|s| s.frames.is_some()),
+    ];
+    for sample in picks.into_iter().flatten() {
+        let mut cmd = std::process::Command::new(mmrt_tests::client_binary());
+        cmd.args(["--url", &server.url(), "--no-pace"]);
+        if let Some(audio) = &sample.audio {
+            cmd.args(["--audio", audio]);
+        }
+        for image in &sample.images {
+            cmd.args(["--image", image]);
+        }
+        if let Some(frames) = &sample.frames {
+            cmd.args(["--frames", &frames.dir, "--fps", &frames.fps.to_string()]);
+        }
+        if let Some(text) = &sample.text {
+            cmd.args(["--text", text]);
+        }
+        let output = cmd.output().expect("running mmrt-client");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}: exit {:?}, stderr: {}",
+            sample.id,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(stdout.trim(), sample.expected.trim(), "{}", sample.id);
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("ttft_ms="),
+            "timings on stderr"
+        );
+    }
+}
