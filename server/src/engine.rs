@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use mmrt_models::{
     AudioStreamState, Bundle, DecodeRow, FillPolicy, FinishReason, IncrementalDecoder, KvCache,
-    Modality, ModelError, RowInput, Sampler, SamplingParams, SlotOutcome, TurnEmbeddings,
+    Modality, ModelError, RowInput, Sampler, SamplingParams, SlotOutcome, StopMatcher,
+    TurnEmbeddings,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -165,6 +166,8 @@ struct Active {
     cache: KvCache,
     sampler: Sampler,
     detok: IncrementalDecoder,
+    /// Holds back text that may become one of the bundle's stop strings.
+    stops: StopMatcher,
     next: RowInput,
     next_modality: Vec<Modality>,
     max_new_tokens: usize,
@@ -373,6 +376,7 @@ impl Engine {
             cache: KvCache::default(),
             sampler: Sampler::new(request.sampling),
             detok: IncrementalDecoder::new(),
+            stops: StopMatcher::new(&self.bundle.manifest.generation.stop),
             next: RowInput::Embeds(prefix.embeds),
             next_modality: prefix.modality,
             max_new_tokens,
@@ -418,18 +422,21 @@ impl Engine {
             return self.finish(active, FinishReason::Eos, produced);
         }
         match active.detok.push(&self.bundle.tokenizer, id) {
-            Ok(delta) if !delta.is_empty() => {
-                if !active.send(GenerationEvent::Delta(delta)) {
+            Ok(delta) => {
+                let shown = active.stops.push(&delta);
+                if !shown.is_empty() && !active.send(GenerationEvent::Delta(shown)) {
                     return false;
                 }
             }
-            Ok(_) => {}
             Err(err) => {
                 active.send(GenerationEvent::Failed(err));
                 return false;
             }
         }
         let produced = active.detok.ids().len();
+        if active.stops.stopped() {
+            return self.finish(active, FinishReason::Stop, produced);
+        }
         if produced >= active.max_new_tokens {
             return self.finish(active, FinishReason::Length, produced);
         }
@@ -439,10 +446,15 @@ impl Engine {
     }
 
     fn finish(&mut self, active: &mut Active, reason: FinishReason, produced: usize) -> bool {
-        if let Ok(rest) = active.detok.finish(&self.bundle.tokenizer) {
-            if !rest.is_empty() {
-                active.send(GenerationEvent::Delta(rest));
-            }
+        let mut rest = match active.detok.finish(&self.bundle.tokenizer) {
+            Ok(rest) => active.stops.push(&rest),
+            Err(_) => String::new(),
+        };
+        if !active.stops.stopped() {
+            rest.push_str(&active.stops.finish());
+        }
+        if !rest.is_empty() {
+            active.send(GenerationEvent::Delta(rest));
         }
         active.send(GenerationEvent::Finished {
             reason,
