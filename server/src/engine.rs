@@ -7,7 +7,7 @@
 //! every active response in a single batch: responses join and leave between steps, and
 //! a cancelled one is dropped (its KV cache freed) before the next step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,10 +183,28 @@ impl Active {
     }
 }
 
+/// Most responses prefilled in one pass.
+const MAX_PREFILL_BATCH: usize = 32;
+
+/// Most responses decoding at once: each holds a KV cache, so this bounds the memory
+/// they take; further responses wait their turn in arrival order.
+pub const MAX_ACTIVE_RESPONSES: usize = 256;
+
+/// A response whose prompt is assembled, waiting for its prefill.
+struct Prepared {
+    active: Active,
+    report: BTreeMap<Modality, SlotOutcome>,
+    input_tokens: usize,
+}
+
 struct Engine {
     bundle: Bundle,
     jobs: mpsc::Receiver<Job>,
     active: Vec<Active>,
+    /// Responses waiting for a KV slot. At most one per session (a session runs one
+    /// response at a time), so it is bounded by the session limit.
+    waiting: VecDeque<GenerateRequest>,
+    max_active: usize,
     active_count: Arc<AtomicUsize>,
     max_kv_tokens: usize,
 }
@@ -202,6 +220,8 @@ impl Engine {
             bundle,
             jobs,
             active: Vec::new(),
+            waiting: VecDeque::new(),
+            max_active: MAX_ACTIVE_RESPONSES,
             active_count,
             max_kv_tokens,
         }
@@ -211,7 +231,7 @@ impl Engine {
         loop {
             // Wait for work only when nothing is being generated.
             let mut batch = Vec::new();
-            if self.active.is_empty() {
+            if self.active.is_empty() && self.waiting.is_empty() {
                 match self.jobs.blocking_recv() {
                     Some(job) => batch.push(job),
                     None => return,
@@ -225,6 +245,8 @@ impl Engine {
             }
             self.handle_jobs(batch);
             self.step();
+            // Slots freed by finished responses go to those waiting.
+            self.admit();
             self.active_count
                 .store(self.active.len(), Ordering::Relaxed);
             let m = metrics();
@@ -263,9 +285,8 @@ impl Engine {
         if !images.is_empty() {
             self.encode_images(images);
         }
-        for request in generate {
-            self.start_response(request);
-        }
+        self.waiting.extend(generate);
+        self.admit();
     }
 
     fn encode_audio(&mut self, mut jobs: Vec<(AudioStreamState, Vec<f32>, AudioReply)>) {
@@ -336,14 +357,15 @@ impl Engine {
     }
 
     /// Assembles the prompt and prefills it; the response then joins the decode batch.
-    fn start_response(&mut self, request: GenerateRequest) {
+    /// Turns a request into a response ready for its prefill: the prompt assembled and
+    /// checked against the KV budget. Requests that end here are answered at once.
+    fn prepare(&mut self, request: GenerateRequest) -> Option<Prepared> {
         if request.cancel.load(Ordering::Relaxed) {
             let _ = request
                 .events
                 .try_send(GenerationEvent::Cancelled { output_tokens: 0 });
-            return;
+            return None;
         }
-        let started = Instant::now();
         let policies = request.policies.clone();
         let assembled = self.bundle.assemble_prefix(&request.turn, &|m| {
             policies.get(&m).copied().unwrap_or_default()
@@ -352,7 +374,7 @@ impl Engine {
             Ok(p) => p,
             Err(err) => {
                 let _ = request.events.try_send(GenerationEvent::Failed(err));
-                return;
+                return None;
             }
         };
         // The prompt and the output share the response's KV budget, which is also
@@ -369,10 +391,10 @@ impl Engine {
                     needed: input_tokens + 1,
                     limit: budget,
                 }));
-            return;
+            return None;
         }
         let max_new_tokens = request.max_new_tokens.clamp(1, budget - input_tokens);
-        let mut active = Active {
+        let active = Active {
             cache: KvCache::default(),
             sampler: Sampler::new(request.sampling),
             detok: IncrementalDecoder::new(),
@@ -383,31 +405,65 @@ impl Engine {
             cancel: request.cancel,
             events: request.events,
         };
-        // The prefill is a forward pass of its own so that the decode batch is not
-        // padded to the prompt's length.
-        let logits = {
-            let mut rows = [DecodeRow {
-                cache: &mut active.cache,
-                input: std::mem::replace(&mut active.next, RowInput::Ids(Vec::new())),
-                modality: std::mem::take(&mut active.next_modality),
-            }];
+        Some(Prepared {
+            active,
+            report,
+            input_tokens,
+        })
+    }
+
+    /// Admits waiting responses into free KV slots and prefills them together. The
+    /// prefill is a pass of its own so that decode steps are not padded to prompt length.
+    fn admit(&mut self) {
+        let mut prepared = Vec::new();
+        while self.active.len() + prepared.len() < self.max_active
+            && prepared.len() < MAX_PREFILL_BATCH
+        {
+            let Some(request) = self.waiting.pop_front() else {
+                break;
+            };
+            prepared.extend(self.prepare(request));
+        }
+        if prepared.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = {
+            let mut rows: Vec<DecodeRow<'_>> = prepared
+                .iter_mut()
+                .map(|p| DecodeRow {
+                    cache: &mut p.active.cache,
+                    input: std::mem::replace(&mut p.active.next, RowInput::Ids(Vec::new())),
+                    modality: std::mem::take(&mut p.active.next_modality),
+                })
+                .collect();
             self.bundle.decoder.forward(&mut rows)
         };
-        metrics().model_call("decoder_prefill", 1, started.elapsed().as_secs_f64());
-        match logits {
-            Ok(mut logits) => {
-                active.send(GenerationEvent::Started {
-                    report,
-                    input_tokens,
-                    prefill: started.elapsed(),
-                });
-                let logits = logits.remove(0);
-                if self.advance(&mut active, &logits) {
-                    self.active.push(active);
+        let elapsed = started.elapsed();
+        metrics().model_call("decoder_prefill", prepared.len(), elapsed.as_secs_f64());
+        match result {
+            Ok(logits) => {
+                for (mut p, logits) in prepared.into_iter().zip(logits) {
+                    p.active.send(GenerationEvent::Started {
+                        report: p.report,
+                        input_tokens: p.input_tokens,
+                        prefill: elapsed,
+                    });
+                    if self.advance(&mut p.active, &logits) {
+                        self.active.push(p.active);
+                    }
                 }
             }
             Err(err) => {
-                active.send(GenerationEvent::Failed(err));
+                tracing::error!(?err, "prefill failed");
+                let message = err.to_string();
+                for p in prepared {
+                    p.active
+                        .send(GenerationEvent::Failed(ModelError::Inference {
+                            model: "decoder".into(),
+                            message: message.clone(),
+                        }));
+                }
             }
         }
     }
