@@ -16,7 +16,7 @@ if [[ "${1:-}" == "--baseline" ]]; then
     baseline=1
     shift
 fi
-cargo build --release -q -p mmrt-server --bin mmrt -p mmrt-loadtest
+cargo build --release -q -p mmrt-server -p mmrt-loadtest --bins
 ulimit -n 8192 2>/dev/null || true
 
 if [[ $baseline == 0 ]]; then
