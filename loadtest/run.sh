@@ -18,10 +18,11 @@ if [[ "${1:-}" == "--baseline" ]]; then
 fi
 cargo build --release -q -p mmrt-server -p mmrt-loadtest --bins
 ulimit -n 8192 2>/dev/null || true
+# A default sweep through the environment, so that a --sweep argument replaces it.
+export MMRT_LOADTEST_SWEEP=${MMRT_LOADTEST_SWEEP:-1,4,16,32}
 
 if [[ $baseline == 0 ]]; then
-    exec target/release/mmrt-loadtest --spawn-server target/release/mmrt \
-        --sweep "${MMRT_LOADTEST_SWEEP:-1,4,16,32}" "$@"
+    exec target/release/mmrt-loadtest --spawn-server target/release/mmrt "$@"
 fi
 
 # The baseline prints "baseline listening on ADDR" as mmrt does; stop it on any exit.
@@ -37,5 +38,4 @@ for _ in $(seq 600); do
     sleep 0.1
 done
 [[ -n "$addr" ]] || { echo "baseline did not listen in 60 s" >&2; exit 1; }
-target/release/mmrt-loadtest --url "ws://$addr/v1/realtime" --label python-baseline \
-    --sweep "${MMRT_LOADTEST_SWEEP:-1,4,16,32}" "$@"
+target/release/mmrt-loadtest --url "ws://$addr/v1/realtime" --label python-baseline "$@"
