@@ -51,9 +51,13 @@ pub async fn run_memory(options: LoadOptions, steps: &[usize]) -> Result<RunRepo
 
         // The baseline: one session opened and closed, so lazily built state exists.
         let warm = connect(&url, &ConnectOptions::default()).await?;
-        if active {
-            drive_turn(warm, &inputs, &options).await?;
-        }
+        let warm = if active {
+            drive_turn(warm, &inputs, &options).await?
+        } else {
+            warm
+        };
+        let _ = warm.sender.close().await;
+        drop(warm);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let base = server.memory()?.rss_bytes;
         points.push(MemoryPoint {
