@@ -81,7 +81,8 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connection, 
     let started = Instant::now();
     let (socket, _response) = tokio::time::timeout(
         options.connect_timeout,
-        tokio_tungstenite::connect_async(request),
+        // Nagle off: audio frames and events are small and must not wait for ACKs.
+        tokio_tungstenite::connect_async_with_config(request, None, true),
     )
     .await
     .map_err(|_| ClientError::Timeout {

@@ -131,6 +131,10 @@ async fn realtime(
         .protocols([REALTIME_SUBPROTOCOL])
         .max_message_size(max_message)
         .max_frame_size(max_message)
+        // Per-connection buffers dominate an idle session's memory: read in 8 KiB
+        // pieces (larger messages still arrive whole) and write each event at once.
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let tasks = state.tasks.clone();
             tasks.track_future(serve_socket(state, socket))

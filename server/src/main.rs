@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mmrt_models::{Bundle, RuntimeConfig};
 use mmrt_server::app::{router, AppState};
@@ -139,6 +140,13 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let drain = settings.drain;
         let app = router(state);
         // Stop accepting at the signal; sessions drain under the deadline meanwhile.
+        // Small event frames go out at once: Nagle's algorithm would hold a token's
+        // delta back until the previous one is acknowledged.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(?err, "could not set TCP_NODELAY");
+            }
+        });
         let serving = axum::serve(listener, app)
             .with_graceful_shutdown({
                 let shutdown = shutdown.clone();
