@@ -1,0 +1,255 @@
+//! Media and conversation items: audio commits, items with text, images and audio,
+//! video frames.
+
+use super::*;
+
+impl SessionActor {
+    /// Ends the audio turn: encodes what is left and adds the audio item.
+    pub(super) async fn commit_audio(&mut self, manual: bool) -> Result<(), ProtocolError> {
+        let audio = self.audio.as_mut().ok_or_else(no_audio)?;
+        let Some(chunks) = audio.commit() else {
+            if manual {
+                return Err(ProtocolError::new(
+                    ErrorCode::BufferEmpty,
+                    "the input audio buffer is empty",
+                ));
+            }
+            return Ok(());
+        };
+        self.encode_chunks(chunks).await?;
+        self.audio_state = self.engine.info().audio_state.clone();
+        let item_id = self.buffer_item_id();
+        self.buffer_item_id = None;
+        self.turn_audio.append(&mut self.buffer_embeds);
+        self.emit(ServerEvent::InputAudioBufferCommitted(
+            InputAudioBufferCommitted {
+                event_id: new_event_id(),
+                previous_item_id: self.last_item_id.clone(),
+                item_id: item_id.clone(),
+            },
+        ));
+        let mut item = Item::user(vec![ContentPart::InputAudio {
+            audio: None,
+            transcript: None,
+        }]);
+        item.id = Some(item_id);
+        self.add_item(item);
+        Ok(())
+    }
+
+    pub(super) fn add_item(&mut self, mut item: Item) {
+        let id = item.id.get_or_insert_with(|| new_id("item")).clone();
+        item.status = Some(ItemStatus::Completed);
+        item.object = Some(mmrt_protocol::item::ItemObject::RealtimeItem);
+        let event = ConversationItemEvent {
+            event_id: new_event_id(),
+            previous_item_id: self.last_item_id.clone(),
+            item: item.without_media(),
+        };
+        self.emit(ServerEvent::ConversationItemAdded(event.clone()));
+        self.emit(ServerEvent::ConversationItemDone(ConversationItemEvent {
+            event_id: new_event_id(),
+            ..event
+        }));
+        self.last_item_id = Some(id);
+        self.items += 1;
+    }
+
+    pub(super) async fn create_item(
+        &mut self,
+        create: ConversationItemCreate,
+    ) -> Result<(), ProtocolError> {
+        if self.items >= self.session.mmrt.limits.max_items {
+            return Err(ProtocolError::new(
+                ErrorCode::SessionLimit,
+                format!(
+                    "a session holds at most {} items",
+                    self.session.mmrt.limits.max_items
+                ),
+            ));
+        }
+        let item = create.item;
+        if item.role != Role::User {
+            return Err(ProtocolError::invalid_field(
+                "item.role",
+                "only user messages can be added",
+            ));
+        }
+        // Decode everything first, so a bad part leaves the turn untouched.
+        let mut texts = Vec::new();
+        let mut image = None;
+        let mut audio_pcm = Vec::new();
+        for (i, part) in item.content.iter().enumerate() {
+            match part {
+                ContentPart::InputText { text } => texts.push(text.clone()),
+                ContentPart::InputImage { image_url, .. } => {
+                    let url = image_url.as_deref().ok_or_else(|| {
+                        ProtocolError::invalid_field(
+                            format!("item.content[{i}].image_url"),
+                            "missing",
+                        )
+                    })?;
+                    let data = DataUrlImage::parse(url)
+                        .map_err(|e| e.with_param(format!("item.content[{i}].image_url")))?;
+                    metrics().ingest("image", data.bytes.len());
+                    image = Some(self.encode_image(data.format, data.bytes, None).await?);
+                }
+                ContentPart::InputAudio { audio, .. } => {
+                    let bytes = audio.as_ref().ok_or_else(|| {
+                        ProtocolError::invalid_field(format!("item.content[{i}].audio"), "missing")
+                    })?;
+                    audio_pcm.push(bytes.as_bytes().to_vec());
+                }
+                ContentPart::OutputText { .. } => {
+                    return Err(ProtocolError::invalid_field(
+                        format!("item.content[{i}].type"),
+                        "output_text is for assistant messages",
+                    ));
+                }
+            }
+        }
+        for pcm in audio_pcm {
+            self.encode_audio_item(&pcm).await?;
+        }
+        self.turn_text.extend(texts);
+        if let Some(embeds) = image {
+            self.image = Some(ImageState {
+                embeds,
+                at: Instant::now(),
+                fresh: true,
+            });
+        }
+        let mut item = item;
+        if create.previous_item_id.is_some() {
+            tracing::debug!("previous_item_id is ignored; items are appended");
+        }
+        item.id = item.id.or_else(|| Some(new_id("item")));
+        self.add_item(item);
+        Ok(())
+    }
+
+    /// Encodes a whole audio clip from an item, apart from the live buffer.
+    pub(super) async fn encode_audio_item(&mut self, pcm: &[u8]) -> Result<(), ProtocolError> {
+        let info = self.engine.info().clone();
+        let (Some(rate), Some(chunker)) = (info.audio_sample_rate, info.audio_chunker) else {
+            return Err(no_audio());
+        };
+        let mut ingest = AudioIngest::new(self.session.input_rate(), rate, chunker, None)?;
+        let limit = self.session.mmrt.limits.max_audio_buffer_ms;
+        let mut chunks = ingest.push_pcm16(pcm, limit)?.chunks;
+        chunks.extend(ingest.commit().unwrap_or_default());
+        let mut state = info
+            .audio_state
+            .ok_or_else(|| internal("audio stream state missing"))?;
+        for chunk in chunks {
+            let (tx, rx) = oneshot::channel();
+            let job = Job::EncodeAudio {
+                state,
+                chunk,
+                reply: tx,
+            };
+            let (next, embeds) = self.call_engine(job, rx).await?;
+            state = next;
+            self.turn_audio.extend(embeds);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn video_frame_json(
+        &mut self,
+        frame: InputVideoFrame,
+    ) -> Result<(), ProtocolError> {
+        let size = frame.width.zip(frame.height);
+        self.video_frame(
+            frame.format,
+            frame.data.into_bytes(),
+            size,
+            frame.timestamp_ms,
+        )
+        .await
+    }
+
+    pub(super) async fn video_frame(
+        &mut self,
+        format: ImageFormat,
+        bytes: Vec<u8>,
+        size: Option<(u32, u32)>,
+        timestamp_ms: u64,
+    ) -> Result<(), ProtocolError> {
+        metrics().ingest("video", bytes.len());
+        if let Err(err) = self.frame_rate.take() {
+            metrics()
+                .frames_dropped
+                .with_label_values(&["rate_limited"])
+                .inc();
+            return Err(err);
+        }
+        let fps = self.session.mmrt.video.sample_fps;
+        if !self.frames.admit(timestamp_ms, fps)? {
+            metrics()
+                .frames_dropped
+                .with_label_values(&["sampled_out"])
+                .inc();
+            return Ok(());
+        }
+        let embeds = self.encode_image(format, bytes, size).await?;
+        self.image = Some(ImageState {
+            embeds,
+            at: Instant::now(),
+            fresh: true,
+        });
+        Ok(())
+    }
+
+    /// Decodes and preprocesses off the async workers, then encodes in the engine.
+    pub(super) async fn encode_image(
+        &mut self,
+        format: ImageFormat,
+        bytes: Vec<u8>,
+        size: Option<(u32, u32)>,
+    ) -> Result<Vec<f32>, ProtocolError> {
+        let limits = &self.session.mmrt.limits;
+        if bytes.len() as u64 > limits.max_image_bytes {
+            return Err(ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("images are limited to {} bytes", limits.max_image_bytes),
+            ));
+        }
+        let pre = self
+            .engine
+            .info()
+            .image_preprocessor
+            .clone()
+            .ok_or_else(|| {
+                ProtocolError::new(ErrorCode::Unsupported, "this bundle takes no images")
+            })?;
+        let max_side = limits.max_image_dimension;
+        let pixels = tokio::task::spawn_blocking(move || {
+            let image = match format {
+                ImageFormat::RawRgb => {
+                    let (w, h) = size.ok_or_else(|| {
+                        ModelError::InvalidInput("raw RGB frames need width and height".into())
+                    })?;
+                    mmrt_models::ImagePreprocessor::from_raw_rgb(w, h, bytes)?
+                }
+                ImageFormat::Jpeg | ImageFormat::Png => {
+                    mmrt_models::ImagePreprocessor::decode(&bytes)?
+                }
+            };
+            if image.width() > max_side || image.height() > max_side {
+                return Err(ModelError::InvalidInput(format!(
+                    "image is {}x{}; the limit is {max_side} pixels a side",
+                    image.width(),
+                    image.height()
+                )));
+            }
+            Ok(pre.preprocess(&image))
+        })
+        .await
+        .map_err(|_| internal("image decoding task failed"))?
+        .map_err(|e| ProtocolError::new(ErrorCode::InvalidImage, e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.call_engine(Job::EncodeImage { pixels, reply: tx }, rx)
+            .await
+    }
+}
