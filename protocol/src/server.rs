@@ -185,6 +185,19 @@ pub struct ModalityReportEvent {
     pub modalities: Vec<ModalityState>,
 }
 
+/// `mmrt.session.closing` (extension): the server will close this session; a running
+/// response may finish until then. Sent with an `error` event of code `shutting_down`
+/// for clients that do not know this event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionClosingEvent {
+    /// Unique server event id.
+    pub event_id: String,
+    /// Why: `shutting_down` for a server drain.
+    pub reason: ErrorCode,
+    /// Milliseconds until the session is closed at the latest.
+    pub closes_in_ms: u64,
+}
+
 event_enum! {
     /// An event the server sends.
     pub enum ServerEvent {
@@ -224,6 +237,8 @@ event_enum! {
         Error(ErrorEvent) = "error",
         /// `mmrt.modality_report` (extension)
         ModalityReport(ModalityReportEvent) = "mmrt.modality_report",
+        /// `mmrt.session.closing` (extension)
+        SessionClosing(SessionClosingEvent) = "mmrt.session.closing",
     }
 }
 
@@ -246,6 +261,7 @@ impl ServerEvent {
             ServerEvent::OutputTextDone(e) => &e.event_id,
             ServerEvent::Error(e) => &e.event_id,
             ServerEvent::ModalityReport(e) => &e.event_id,
+            ServerEvent::SessionClosing(e) => &e.event_id,
         }
     }
 

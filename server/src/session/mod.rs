@@ -23,7 +23,7 @@ use mmrt_protocol::response::{
 use mmrt_protocol::server::{
     ContentPartEvent, ConversationItemEvent, InputAudioBufferCleared, InputAudioBufferCommitted,
     ModalityReportEvent, OutputItemEvent, OutputTextDelta, OutputTextDone, ResponseEvent,
-    SessionEvent, SpeechStarted, SpeechStopped,
+    SessionClosingEvent, SessionEvent, SpeechStarted, SpeechStopped,
 };
 use mmrt_protocol::session::{FillPolicy, TurnDetection};
 use mmrt_protocol::{
@@ -221,6 +221,11 @@ impl SessionActor {
                     drain_deadline
                         .as_mut()
                         .reset(tokio::time::Instant::now() + self.drain);
+                    self.emit(ServerEvent::SessionClosing(SessionClosingEvent {
+                        event_id: new_event_id(),
+                        reason: ErrorCode::ShuttingDown,
+                        closes_in_ms: self.drain.as_millis() as u64,
+                    }));
                     self.emit_error(ProtocolError::new(
                         ErrorCode::ShuttingDown,
                         format!(
