@@ -277,6 +277,18 @@ pub struct SessionLimits {
     pub max_frames: u32,
     /// A session that receives nothing for this long is closed, in ms.
     pub idle_timeout_ms: u64,
+    /// Most video frames accepted per second; more are refused with `rate_limited`.
+    #[serde(default)]
+    pub max_frames_per_second: u32,
+    /// Most KV-cache positions one response holds, prompt and output together.
+    #[serde(default)]
+    pub max_kv_tokens: u32,
+    /// The server pings this often, in ms.
+    #[serde(default)]
+    pub ping_interval_ms: u64,
+    /// A client that does not answer a ping within this time is closed, in ms.
+    #[serde(default)]
+    pub pong_timeout_ms: u64,
 }
 
 impl Default for SessionLimits {
@@ -290,6 +302,10 @@ impl Default for SessionLimits {
             max_output_tokens: 1024,
             max_frames: 64,
             idle_timeout_ms: 300_000,
+            max_frames_per_second: 60,
+            max_kv_tokens: 4096,
+            ping_interval_ms: 20_000,
+            pong_timeout_ms: 20_000,
         }
     }
 }

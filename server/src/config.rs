@@ -334,6 +334,25 @@ impl Options {
                 "must be a positive number",
             ));
         }
+        let ping_interval = seconds(
+            name(
+                "ping-interval-seconds",
+                "MMRT_PING_INTERVAL_SECONDS",
+                "ping_interval_seconds",
+            ),
+            self.ping_interval_seconds,
+            20.0,
+        )?;
+        let pong_timeout = seconds(
+            name(
+                "pong-timeout-seconds",
+                "MMRT_PONG_TIMEOUT_SECONDS",
+                "pong_timeout_seconds",
+            ),
+            self.pong_timeout_seconds,
+            20.0,
+        )?;
+        // Everything a client may need to stay under, announced in `session.created`.
         let limits = SessionLimits {
             max_event_bytes: max_message_bytes,
             max_audio_buffer_ms: audio_seconds.as_millis() as u64,
@@ -341,6 +360,10 @@ impl Options {
             max_image_dimension,
             max_output_tokens,
             idle_timeout_ms: idle.as_millis() as u64,
+            max_frames_per_second: max_frames_per_second.floor() as u32,
+            max_kv_tokens: max_kv_tokens.min(u32::MAX as usize) as u32,
+            ping_interval_ms: ping_interval.as_millis() as u64,
+            pong_timeout_ms: pong_timeout.as_millis() as u64,
             ..SessionLimits::default()
         };
 
@@ -412,24 +435,8 @@ impl Options {
             limits,
             max_frames_per_second,
             max_kv_tokens,
-            ping_interval: seconds(
-                name(
-                    "ping-interval-seconds",
-                    "MMRT_PING_INTERVAL_SECONDS",
-                    "ping_interval_seconds",
-                ),
-                self.ping_interval_seconds,
-                20.0,
-            )?,
-            pong_timeout: seconds(
-                name(
-                    "pong-timeout-seconds",
-                    "MMRT_PONG_TIMEOUT_SECONDS",
-                    "pong_timeout_seconds",
-                ),
-                self.pong_timeout_seconds,
-                20.0,
-            )?,
+            ping_interval,
+            pong_timeout,
             api_keys: ApiKeys(api_keys),
             allowed_origins,
         })
