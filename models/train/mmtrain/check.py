@@ -96,11 +96,17 @@ def check_against_torch(b: runtime.Bundle, model, seed=0):
         e = np.abs(b.encode_pixels(px) - model.image(torch.tensor(px)).numpy()).max()
         assert e < 1e-4, f"image {e}"
         mel = rng.standard_normal((2, features.CHUNK_FRAMES, features.N_MELS)).astype(np.float32)
-        st = rng.standard_normal((2, model.audio.gru_h.in_features)).astype(np.float32)
+        st = rng.standard_normal((2, model.audio.gru.hidden_size)).astype(np.float32)
         o, s = b.audio.run(None, {"mel": mel, "state": st})
         to, ts = model.audio(torch.tensor(mel), torch.tensor(st))
         e = max(np.abs(o - to.numpy()).max(), np.abs(s - ts.numpy()).max())
         assert e < 1e-4, f"audio {e}"
+        # Streaming chunk by chunk equals encoding the whole turn at once.
+        turn = rng.standard_normal((1, 3, features.CHUNK_FRAMES, features.N_MELS)).astype(np.float32)
+        whole = model.encode_audio(torch.tensor(turn))[0].numpy()
+        streamed = b.encode_audio_chunks(turn[0])
+        e = np.abs(whole - streamed).max()
+        assert e < 1e-4, f"streamed audio {e}"
         x = rng.standard_normal((2, 7, b.hidden)).astype(np.float32)
         mods = rng.integers(0, 3, (2, 7))
         logits, _ = b.run_decoder(x, np.ones((2, 7), np.int64), np.arange(7)[None].repeat(2, 0),

@@ -19,8 +19,8 @@ F_MAX = 8000.0
 LOG_OFFSET = 1e-6
 CHUNK_FRAMES = 32
 # Normalisation applied after the log, measured once on training speech (rounded).
-MEL_MEAN = -7.0
-MEL_STD = 4.0
+MEL_MEAN = -5.0
+MEL_STD = 5.0
 
 
 def hz_to_mel_htk(f):
@@ -59,6 +59,15 @@ def pad_to_chunks(pcm: np.ndarray) -> np.ndarray:
     target = max(1, math.ceil(frames / CHUNK_FRAMES)) * CHUNK_FRAMES
     needed = (target - 1) * HOP_LENGTH + N_FFT
     return np.concatenate([pcm, np.zeros(max(0, needed - n), dtype=pcm.dtype)])
+
+
+def mel_power(pcm: np.ndarray) -> np.ndarray:
+    """[frames, n_mels] mel power (before the log) of unpadded PCM, float32."""
+    pcm = np.asarray(pcm, dtype=np.float64)
+    frames = 0 if pcm.size < N_FFT else 1 + (pcm.size - N_FFT) // HOP_LENGTH
+    idx = np.arange(frames)[:, None] * HOP_LENGTH + np.arange(N_FFT)[None, :]
+    spec = np.abs(np.fft.rfft(pcm[idx] * hann_window()[None, :], n=N_FFT, axis=-1)) ** 2
+    return (spec @ mel_filters().T).astype(np.float32)
 
 
 def log_mel(pcm: np.ndarray, pad: bool = True) -> np.ndarray:

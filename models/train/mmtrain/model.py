@@ -56,54 +56,86 @@ class ImageEncoder(nn.Module):
         self.convs = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 96, 3, padding=1), nn.BatchNorm2d(96), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
         )
-        self.proj = nn.Linear(96 * 4 * 4, IMAGE_TOKENS * HIDDEN)
-        self.norm = nn.LayerNorm(HIDDEN)
+        self.proj = nn.Linear(128 * 4 * 4, IMAGE_TOKENS * HIDDEN)
+        self.norm = nn.LayerNorm(HIDDEN, eps=1e-2)
+
+    def features(self, pixels):
+        """[batch, 3, h, w] -> [batch, 2048] convolutional features."""
+        # Per-image standardisation first: lighting and colour vary from camera to camera.
+        mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
+        std = ((pixels - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True).add(1e-4).sqrt()
+        return self.convs((pixels - mean) / std).flatten(1)
+
+    def project(self, feats):
+        """Features -> IMAGE_TOKENS tokens in the shared space."""
+        x = self.proj(F.dropout(feats, 0.1, self.training))
+        return self.norm(x.view(-1, IMAGE_TOKENS, HIDDEN))
 
     def forward(self, pixels):
-        x = self.convs(pixels).flatten(1)
-        x = self.proj(F.dropout(x, 0.1, self.training))
-        return self.norm(x.view(-1, IMAGE_TOKENS, HIDDEN))
+        return self.project(self.features(pixels))
 
 
 class AudioEncoder(nn.Module):
     """One chunk of log-mel frames plus the recurrent state -> 4 tokens and new state.
 
     Convolutions see only the chunk; context across chunks flows through the GRU state,
-    so a turn is encoded while it arrives.
+    so a turn is encoded while it arrives. Training runs the GRU over a whole turn at
+    once (`encode_turn`); the exported graph unrolls the same cell over one chunk.
     """
 
     def __init__(self):
         super().__init__()
         m = features.N_MELS
         self.convs = nn.Sequential(
-            nn.Conv1d(m, 128, 5, padding=2), nn.GELU(),
-            nn.Conv1d(128, 128, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv1d(128, 128, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv1d(128, 160, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv1d(m, 128, 5, padding=2), nn.BatchNorm1d(128), nn.GELU(),
+            nn.Conv1d(128, 128, 3, stride=2, padding=1), nn.BatchNorm1d(128), nn.GELU(),
+            nn.Conv1d(128, 128, 3, stride=2, padding=1), nn.BatchNorm1d(128), nn.GELU(),
+            nn.Conv1d(128, 160, 3, stride=2, padding=1), nn.BatchNorm1d(160), nn.GELU(),
         )
-        self.gru_x = nn.Linear(160, 3 * AUDIO_STATE)
-        self.gru_h = nn.Linear(AUDIO_STATE, 3 * AUDIO_STATE)
+        self.gru = nn.GRU(160, AUDIO_STATE, batch_first=True)
         self.out = nn.Linear(AUDIO_STATE + 160, HIDDEN)
-        self.norm = nn.LayerNorm(HIDDEN)
+        self.norm = nn.LayerNorm(HIDDEN, eps=1e-2)
+
+    def frontend(self, mel):
+        """[n, frames, mels] -> [n, AUDIO_TOKENS, 160], each chunk on its own."""
+        return self.convs(mel.transpose(1, 2)).transpose(1, 2)
+
+    def tokens(self, hs, x):
+        return self.project(torch.cat([hs, x], dim=-1))
+
+    def project(self, feats):
+        """[..., AUDIO_STATE + 160] recurrent and convolutional features -> tokens."""
+        return self.norm(self.out(feats))
 
     def forward(self, mel, state):
-        x = self.convs(mel.transpose(1, 2)).transpose(1, 2)  # [batch, 4, 160]
-        gx = self.gru_x(x)
+        x = self.frontend(mel)
+        # The GRU cell unrolled with nn.GRU's weights and gate order (r, z, n).
+        gx = F.linear(x, self.gru.weight_ih_l0, self.gru.bias_ih_l0)
         h = state
         outs = []
         for t in range(AUDIO_TOKENS):
             xr, xz, xn = gx[:, t].chunk(3, dim=-1)
-            hr, hz, hn = self.gru_h(h).chunk(3, dim=-1)
+            hr, hz, hn = F.linear(h, self.gru.weight_hh_l0, self.gru.bias_hh_l0).chunk(3, dim=-1)
             r = torch.sigmoid(xr + hr)
             z = torch.sigmoid(xz + hz)
             n = torch.tanh(xn + r * hn)
             h = (1.0 - z) * n + z * h
             outs.append(h)
-        hs = torch.stack(outs, dim=1)
-        tokens = self.norm(self.out(torch.cat([hs, x], dim=-1)))
-        return tokens, h
+        return self.tokens(torch.stack(outs, dim=1), x), h
+
+    def turn_features(self, chunks):
+        """[batch, n_chunks, frames, mels] -> [batch, n_chunks * 4, AUDIO_STATE + 160]."""
+        b, n = chunks.shape[:2]
+        x = self.frontend(chunks.reshape(b * n, *chunks.shape[2:]))
+        x = x.reshape(b, n * AUDIO_TOKENS, -1)
+        hs, _ = self.gru(x)
+        return torch.cat([hs, x], dim=-1)
+
+    def encode_turn(self, chunks):
+        """[batch, n_chunks, frames, mels] -> [batch, n_chunks * 4, HIDDEN], as if streamed."""
+        return self.project(self.turn_features(chunks))
 
 
 class Completion(nn.Module):
@@ -246,13 +278,7 @@ class TinyModel(nn.Module):
 
     def encode_audio(self, chunks):
         """[batch, n_chunks, frames, mels] -> [batch, n_chunks * 4, HIDDEN]."""
-        b, n = chunks.shape[:2]
-        state = chunks.new_zeros(b, AUDIO_STATE)
-        outs = []
-        for c in range(n):
-            tok, state = self.audio(chunks[:, c], state)
-            outs.append(tok)
-        return torch.cat(outs, dim=1)
+        return self.audio.encode_turn(chunks)
 
     def empty_past(self, batch: int):
         z = torch.zeros(batch, NUM_KV_HEADS, 0, HEAD_DIM)

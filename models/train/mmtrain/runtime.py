@@ -83,11 +83,14 @@ class Bundle:
 
     def encode_audio(self, pcm16k: np.ndarray) -> np.ndarray:
         """Streams the turn chunk by chunk, carrying the state: -> [tokens, hidden]."""
-        mel = self.log_mel(pcm16k)
+        return self.encode_audio_chunks(features.chunks(self.log_mel(pcm16k)))
+
+    def encode_audio_chunks(self, chunks: np.ndarray) -> np.ndarray:
+        """[n_chunks, frames, mels] -> [n_chunks * tokens, hidden], state carried."""
         spec = self.manifest["encoders"]["audio"]["state"][0]
         state = np.zeros((1, spec["shape"][1]), dtype=np.float32)
         outs = []
-        for chunk in features.chunks(mel):
+        for chunk in chunks:
             emb, state = self.audio.run(["embeds", spec["output"]],
                                         {"mel": chunk[None], spec["input"]: state})
             outs.append(emb[0])
