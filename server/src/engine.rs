@@ -183,6 +183,9 @@ impl Active {
     }
 }
 
+/// Most responses decoded in one pass; more are split over several passes.
+const MAX_DECODE_BATCH: usize = 32;
+
 /// Most responses prefilled in one pass.
 const MAX_PREFILL_BATCH: usize = 32;
 
@@ -562,10 +565,12 @@ impl Engine {
             }
         }
 
-        let started = Instant::now();
-        let result = {
-            let mut rows: Vec<DecodeRow<'_>> = self
-                .active
+        // Large batches are split: past a point a step's time grows faster than its
+        // rows (docs/performance.md), so several moderate passes decode more per second.
+        let mut result = Ok(Vec::with_capacity(self.active.len()));
+        for group in self.active.chunks_mut(MAX_DECODE_BATCH) {
+            let started = Instant::now();
+            let mut rows: Vec<DecodeRow<'_>> = group
                 .iter_mut()
                 .map(|a| DecodeRow {
                     cache: &mut a.cache,
@@ -573,13 +578,17 @@ impl Engine {
                     modality: std::mem::take(&mut a.next_modality),
                 })
                 .collect();
-            self.bundle.decoder.forward(&mut rows)
-        };
-        metrics().model_call(
-            "decoder_step",
-            self.active.len(),
-            started.elapsed().as_secs_f64(),
-        );
+            let outcome = self.bundle.decoder.forward(&mut rows);
+            metrics().model_call("decoder_step", rows.len(), started.elapsed().as_secs_f64());
+            match (outcome, result.as_mut()) {
+                (Ok(logits), Ok(all)) => all.extend(logits),
+                (Err(err), _) => {
+                    result = Err(err);
+                    break;
+                }
+                (Ok(_), Err(_)) => {}
+            }
+        }
         let logits = match result {
             Ok(l) => l,
             Err(err) => return self.fail_all(err),
