@@ -251,14 +251,16 @@ async fn server_vad_ends_the_turn_and_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_a_response_mid_way() {
+async fn cancel_stops_a_response() {
     let server = Server::start(&[]);
     let mut conn = open(&server, JSON_PCM).await;
     conn.sender
         .send_text("what is nine times nine")
         .await
         .expect("text");
-    // A long response: cancel it right after it starts streaming.
+    // The trained model answers in a few milliseconds, so the cancel goes out right
+    // behind the request: the session reads both in order, and the engine must drop
+    // the response at its next check (before the prefill or between decode steps).
     let params = ResponseParams {
         max_output_tokens: Some(mmrt_protocol::session::MaxTokens::Count(1000)),
         temperature: Some(1.0),
@@ -269,12 +271,6 @@ async fn cancel_stops_a_response_mid_way() {
         .await
         .expect("create");
     let deadline = Duration::from_secs(30);
-    conn.receiver
-        .wait_for("response.created", deadline, |e| {
-            matches!(e, mmrt_protocol::ServerEvent::ResponseCreated(_))
-        })
-        .await
-        .expect("created");
     conn.sender.cancel_response().await.expect("cancel");
     let done = conn
         .receiver
