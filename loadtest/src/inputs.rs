@@ -42,9 +42,26 @@ pub struct Inputs {
     pub video: Vec<VideoFrame>,
 }
 
+/// `samples/manifest.json`: a list of samples (or an object with a `samples` list).
 #[derive(Debug, Deserialize)]
+#[serde(from = "ManifestFile")]
 struct Manifest {
     samples: Vec<ManifestSample>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ManifestFile {
+    List(Vec<ManifestSample>),
+    Wrapped { samples: Vec<ManifestSample> },
+}
+
+impl From<ManifestFile> for Manifest {
+    fn from(file: ManifestFile) -> Manifest {
+        match file {
+            ManifestFile::List(samples) | ManifestFile::Wrapped { samples } => Manifest { samples },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
