@@ -125,6 +125,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
               f"{OUT}/reference.safetensors")
+    os.chmod(f"{OUT}/reference.safetensors", 0o644)
     doc = {
         "bundle": "models/bundles/tiny",
         "tolerance": {"log_mel": 1e-3, "embeds": 1e-3, "logits": 1e-2,

@@ -18,7 +18,7 @@ from . import corpus, digits, features, model as M, speech
 from .runtime import bilinear_stretch
 
 SPEECH_TRAIN_VOICES = 6
-IMAGES_TRAIN = 30000
+IMAGES_TRAIN = 45000
 IMAGES_EVAL = 3000
 NO_DIGIT_SHARE = 0.12
 

@@ -51,7 +51,7 @@ def _colour(rng, lo, hi):
 
 def _glyph_mask(rng, digit, held_out, size):
     """An 'L' image of the digit's ink, about `size` pixels tall, with some margin."""
-    if rng.random() < 0.5:
+    if rng.random() < 0.6:  # handwriting is the harder half: a little more of it
         images, labels = handwriting(held_out)
         idx = rng.choice(np.flatnonzero(labels == digit))
         src = Image.fromarray((images[idx] * 255).astype(np.uint8), "L")

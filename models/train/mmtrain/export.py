@@ -82,6 +82,7 @@ def export_graphs(model: M.TinyModel, out_dir: str):
 
         nulls = {m: model.null[m].detach().numpy().astype("float32") for m in M.MODALITIES}
         save_file(nulls, f"{out_dir}/null_embeddings.safetensors")
+        os.chmod(f"{out_dir}/null_embeddings.safetensors", 0o644)
 
 
 def sha256(path: str) -> str:

@@ -27,8 +27,8 @@ WORK = f"{HERE}/work"
 BUNDLE = f"{ROOT}/models/bundles/tiny"
 
 JOINT_STEPS = 3000
-IMAGE_STEPS = 1200
-AUDIO_STEPS = 1000
+IMAGE_STEPS = 1500
+AUDIO_STEPS = 900
 
 
 def main():
@@ -36,7 +36,8 @@ def main():
     ap.add_argument("--reuse-data", action="store_true",
                     help="keep work/data.npz when it exists instead of regenerating it")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("MMRT_TRAIN_THREADS", 2)),
-                    help="torch threads (default 2; 1 is faster on a busy machine)")
+                    help="torch threads for the image convolutions (default 2); the other "
+                         "phases use one thread, which is faster for their small operations")
     ap.add_argument("--steps", type=int, default=JOINT_STEPS)
     ap.add_argument("--eval-per-subset", type=int, default=200)
     ap.add_argument("--pretrain-steps", type=int, nargs=2, default=[IMAGE_STEPS, AUDIO_STEPS],
@@ -66,7 +67,7 @@ def main():
 
     t = time.time()
     model = train.train(data, tok, steps=args.steps, image_steps=args.pretrain_steps[0],
-                        audio_steps=args.pretrain_steps[1], log=log)
+                        audio_steps=args.pretrain_steps[1], conv_threads=args.threads, log=log)
     timing["train_s"] = time.time() - t
     torch.save(model.state_dict(), f"{WORK}/model.pt")
     log(f"trained in {timing['train_s']:.0f}s")

@@ -103,14 +103,17 @@ class Batcher:
         return model.encode_audio(chunks), [c * M.AUDIO_TOKENS for c in counts]
 
     @torch.no_grad()
-    def build_caches(self, model, audio_variants=3, log=print):
+    def build_caches(self, model, conv_threads, audio_variants=3, log=print):
         """Freezes the encoders' convolutions and GRU: their outputs are computed once."""
         t0 = time.time()
         model.eval()
-        feats = [model.image.features(self.image_batch(np.arange(i, min(i + 1024, len(self.image_bank))),
-                                                       augment=False))
-                 for i in range(0, len(self.image_bank), 1024)]
+        torch.set_num_threads(conv_threads)
+        with torch.backends.mkldnn.flags(enabled=True):
+            feats = [model.image.features(self.image_batch(
+                np.arange(i, min(i + 1024, len(self.image_bank))), augment=False))
+                for i in range(0, len(self.image_bank), 1024)]
         self.image_cache = torch.cat(feats)
+        torch.set_num_threads(1)
         n_clips = len(self.data.z["train_len"])
         self.audio_cache = []
         for _ in range(audio_variants):
@@ -124,6 +127,7 @@ class Batcher:
                     variant[c] = f[j, :counts[j] * M.AUDIO_TOKENS].clone()
             self.audio_cache.append(variant)
         model.train()
+        torch.backends.mkldnn.enabled = False
         log(f"cached frozen encoder features in {time.time() - t0:.0f}s")
 
     def image_batch(self, idx, augment=True):
@@ -366,29 +370,38 @@ def pretrain_audio(model, batcher, steps, batch_size=48, log=print):
 
 
 def train(data, tok, steps: int, image_steps: int, audio_steps: int, batch_size: int = 48,
-          seed: int = 0, log=print):
-    """Pretrains the encoders on their auxiliary tasks, then trains everything jointly."""
-    # oneDNN's GRU backward in Debian's torch 1.13 returns huge input gradients; the
-    # native kernels are as fast at this size and correct.
-    torch.backends.mkldnn.enabled = False
+          seed: int = 0, conv_threads: int = 2, log=print):
+    """Pretrains the encoders on their auxiliary tasks, then trains everything jointly.
+
+    Threads per phase: the image convolutions run faster on `conv_threads` with oneDNN;
+    the audio GRU and the small joint-phase ops run faster on one thread (measured on
+    the 2-core machine). oneDNN stays off wherever the GRU runs: its GRU backward in
+    Debian's torch 1.13 returns huge input gradients.
+    """
     torch.manual_seed(seed)
     model = M.TinyModel(tok.get_vocab_size(), len(corpus.word_vocab()))
     batcher = Batcher(data, tok, "train", seed)
     model.train()
-    pretrain_image(model, batcher, image_steps, log=log)
-    pretrain_audio(model, batcher, audio_steps, log=log)
+    torch.set_num_threads(conv_threads)
+    with torch.backends.mkldnn.flags(enabled=True):
+        pretrain_image(model, batcher, image_steps, log=log)
+    torch.set_num_threads(1)
+    with torch.backends.mkldnn.flags(enabled=False):
+        pretrain_audio(model, batcher, audio_steps, log=log)
 
     # Joint training. The encoders' convolutions and GRU stay as pretrained (their
     # outputs are cached); their projections into the shared space train with the rest.
-    batcher.build_caches(model, log=log)
+    batcher.build_caches(model, conv_threads, log=log)
     frozen = set(id(p) for m in (model.image.convs, model.audio.convs, model.audio.gru)
                  for p in m.parameters())
     model.image.convs.eval()  # batch norm keeps its pretrained statistics
+    model.audio.convs.eval()
     opt = torch.optim.AdamW([p for p in model.parameters() if id(p) not in frozen],
                             lr=2e-3, weight_decay=0.01)
     sched = _schedule(opt, steps, 200)
     t0 = time.time()
     running = defaultdict(float)
+    torch.set_num_threads(1)
     for step in range(steps):
         loss, aux = forward_batch(model, batcher, batcher.episodes(batch_size))
         total = loss + sum(AUX_WEIGHTS[k] * v for k, v in aux.items())
