@@ -42,6 +42,9 @@ pub struct ConnectOptions {
     pub send_timeout: Duration,
     /// Sent as `Authorization: Bearer ...` when set.
     pub api_key: Option<String>,
+    /// PEM certificates trusted for `wss://` besides the system's roots (a private CA
+    /// or a self-signed server certificate).
+    pub ca_certs: Option<std::path::PathBuf>,
 }
 
 impl Default for ConnectOptions {
@@ -50,6 +53,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(5),
             api_key: None,
+            ca_certs: None,
         }
     }
 }
@@ -65,7 +69,37 @@ pub struct Connection {
     pub session: Session,
 }
 
-/// Connects to `url` (`ws://host:port/v1/realtime`) and waits for `session.created`.
+/// TLS trusting the system's roots plus the PEM certificates in `path`.
+fn tls_connector(path: &std::path::Path) -> Result<tokio_tungstenite::Connector, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad =
+        |reason: String| ClientError::Media(format!("--ca-cert {}: {reason}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped; the given file is what matters here.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let mut added = 0;
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(bad("no certificate in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+}
+
+/// Connects to `url` (`ws://host:port/v1/realtime` or `wss://…`) and waits for `session.created`.
 pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connection, ClientError> {
     let connect_error = |err| ClientError::Connect {
         url: url.to_string(),
@@ -78,11 +112,15 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Connection, 
         })?;
         request.headers_mut().insert("authorization", value);
     }
+    let connector = match &options.ca_certs {
+        Some(path) => Some(tls_connector(path)?),
+        None => None,
+    };
     let started = Instant::now();
     let (socket, _response) = tokio::time::timeout(
         options.connect_timeout,
         // Nagle off: audio frames and events are small and must not wait for ACKs.
-        tokio_tungstenite::connect_async_with_config(request, None, true),
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector),
     )
     .await
     .map_err(|_| ClientError::Timeout {

@@ -46,6 +46,9 @@ struct Args {
     /// API key, sent as a bearer token.
     #[arg(long, env = "MMRT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// PEM certificate(s) to trust for wss:// besides the system's roots.
+    #[arg(long, env = "MMRT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// WAV file to stream (resampled to the session rate if needed).
     #[arg(long)]
     audio: Option<PathBuf>,
@@ -139,6 +142,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = ConnectOptions {
         connect_timeout: timeout,
         api_key: args.api_key.clone(),
+        ca_certs: args.ca_cert.clone(),
         ..ConnectOptions::default()
     };
     let mut conn = connect(&args.url, &options).await?;

@@ -289,6 +289,9 @@ pub struct SessionLimits {
     /// A client that does not answer a ping within this time is closed, in ms.
     #[serde(default)]
     pub pong_timeout_ms: u64,
+    /// A new connection must finish TLS and send its request headers within this, in ms.
+    #[serde(default)]
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for SessionLimits {
@@ -306,6 +309,7 @@ impl Default for SessionLimits {
             max_kv_tokens: 4096,
             ping_interval_ms: 20_000,
             pong_timeout_ms: 20_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }

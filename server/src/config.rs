@@ -119,6 +119,22 @@ options! {
     api_keys_file: PathBuf = "MMRT_API_KEYS_FILE",
     /// Origins allowed to open sessions, comma-separated; any when not set.
     allowed_origins: String = "MMRT_ALLOWED_ORIGINS",
+    /// KV slots: responses decoding at once; more wait in arrival order [default: 256].
+    max_active_responses: usize = "MMRT_MAX_ACTIVE_RESPONSES",
+    /// Most responses in one decode pass [default: 32].
+    max_decode_batch: usize = "MMRT_MAX_DECODE_BATCH",
+    /// Most responses prefilled in one pass [default: 32].
+    max_prefill_batch: usize = "MMRT_MAX_PREFILL_BATCH",
+    /// Most audio chunks or frames in one encoder call [default: 64].
+    encoder_max_batch: usize = "MMRT_ENCODER_MAX_BATCH",
+    /// Milliseconds an encoder job may wait for others to batch with when nothing is decoding [default: 0].
+    encoder_max_wait_ms: f64 = "MMRT_ENCODER_MAX_WAIT_MS",
+    /// PEM certificate chain; with --tls-key, the server speaks TLS (wss://).
+    tls_cert: PathBuf = "MMRT_TLS_CERT",
+    /// PEM private key for --tls-cert.
+    tls_key: PathBuf = "MMRT_TLS_KEY",
+    /// Seconds a new connection gets to finish TLS and send its request headers [default: 10].
+    handshake_timeout_seconds: f64 = "MMRT_HANDSHAKE_TIMEOUT_SECONDS",
 }
 
 /// How logs are written.
@@ -140,7 +156,8 @@ pub struct Settings {
     pub intra_threads: usize,
     pub log_format: LogFormat,
     pub max_sessions: usize,
-    pub queue: usize,
+    /// Batching and KV slots of the engine.
+    pub engine: crate::engine::EngineConfig,
     pub send_queue: usize,
     pub send_timeout: Duration,
     pub drain: Duration,
@@ -152,6 +169,9 @@ pub struct Settings {
     /// Accepted API keys; empty means no authentication. Never logged.
     pub api_keys: ApiKeys,
     pub allowed_origins: Vec<String>,
+    /// Certificate chain and key files, both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub handshake_timeout: Duration,
 }
 
 /// API keys, kept out of `Debug` output and logs.
@@ -352,6 +372,33 @@ impl Options {
             self.pong_timeout_seconds,
             20.0,
         )?;
+        let handshake_timeout = seconds(
+            name(
+                "handshake-timeout-seconds",
+                "MMRT_HANDSHAKE_TIMEOUT_SECONDS",
+                "handshake_timeout_seconds",
+            ),
+            self.handshake_timeout_seconds,
+            10.0,
+        )?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (Some(cert), None) => {
+                return Err(invalid(
+                    name("tls-cert", "MMRT_TLS_CERT", "tls_cert"),
+                    cert.display(),
+                    "needs --tls-key too",
+                ))
+            }
+            (None, Some(key)) => {
+                return Err(invalid(
+                    name("tls-key", "MMRT_TLS_KEY", "tls_key"),
+                    key.display(),
+                    "needs --tls-cert too",
+                ))
+            }
+        };
         // Everything a client may need to stay under, announced in `session.created`.
         let limits = SessionLimits {
             max_event_bytes: max_message_bytes,
@@ -364,6 +411,7 @@ impl Options {
             max_kv_tokens: max_kv_tokens.min(u32::MAX as usize) as u32,
             ping_interval_ms: ping_interval.as_millis() as u64,
             pong_timeout_ms: pong_timeout.as_millis() as u64,
+            handshake_timeout_ms: handshake_timeout.as_millis() as u64,
             ..SessionLimits::default()
         };
 
@@ -411,7 +459,65 @@ impl Options {
                 1000,
                 1,
             )?,
-            queue: at_least(name("queue", "MMRT_QUEUE", "queue"), self.queue, 4096, 1)?,
+            engine: crate::engine::EngineConfig {
+                queue: at_least(name("queue", "MMRT_QUEUE", "queue"), self.queue, 4096, 1)?,
+                max_kv_tokens,
+                max_active_responses: at_least(
+                    name(
+                        "max-active-responses",
+                        "MMRT_MAX_ACTIVE_RESPONSES",
+                        "max_active_responses",
+                    ),
+                    self.max_active_responses,
+                    256,
+                    1,
+                )?,
+                max_decode_batch: at_least(
+                    name(
+                        "max-decode-batch",
+                        "MMRT_MAX_DECODE_BATCH",
+                        "max_decode_batch",
+                    ),
+                    self.max_decode_batch,
+                    32,
+                    1,
+                )?,
+                max_prefill_batch: at_least(
+                    name(
+                        "max-prefill-batch",
+                        "MMRT_MAX_PREFILL_BATCH",
+                        "max_prefill_batch",
+                    ),
+                    self.max_prefill_batch,
+                    32,
+                    1,
+                )?,
+                encoder_max_batch: at_least(
+                    name(
+                        "encoder-max-batch",
+                        "MMRT_ENCODER_MAX_BATCH",
+                        "encoder_max_batch",
+                    ),
+                    self.encoder_max_batch,
+                    64,
+                    1,
+                )?,
+                encoder_max_wait: {
+                    let wait = self.encoder_max_wait_ms.unwrap_or(0.0);
+                    if !wait.is_finite() || !(0.0..=1000.0).contains(&wait) {
+                        return Err(invalid(
+                            name(
+                                "encoder-max-wait-ms",
+                                "MMRT_ENCODER_MAX_WAIT_MS",
+                                "encoder_max_wait_ms",
+                            ),
+                            wait,
+                            "must be between 0 and 1000 milliseconds",
+                        ));
+                    }
+                    Duration::from_secs_f64(wait / 1000.0)
+                },
+            },
             send_queue: at_least(
                 name("send-queue", "MMRT_SEND_QUEUE", "send_queue"),
                 self.send_queue,
@@ -439,6 +545,8 @@ impl Options {
             pong_timeout,
             api_keys: ApiKeys(api_keys),
             allowed_origins,
+            tls,
+            handshake_timeout,
         })
     }
 }
@@ -529,6 +637,17 @@ mod tests {
         let text = options.resolve(None).expect_err("typo").to_string();
         assert!(text.contains("max_sesions"), "{text}");
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let options = Options {
+            tls_cert: Some("cert.pem".into()),
+            ..Options::default()
+        };
+        let text = options.resolve(None).expect_err("no key").to_string();
+        assert!(text.contains("--tls-cert cert.pem"), "{text}");
+        assert!(text.contains("--tls-key"), "{text}");
     }
 
     #[test]

@@ -129,9 +129,42 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread on a loaded bundle. `max_kv_tokens` caps what one
-/// response holds in its KV cache, prompt and output together.
-pub fn start(bundle: Bundle, queue: usize, max_kv_tokens: usize) -> EngineHandle {
+/// How the engine batches and how much it holds; every field is server configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Jobs waiting before new ones are refused as overloaded.
+    pub queue: usize,
+    /// Most tokens one response holds in its KV cache, prompt and output together.
+    pub max_kv_tokens: usize,
+    /// KV slots: responses decoding at once; more wait their turn in arrival order.
+    pub max_active_responses: usize,
+    /// Most responses in one decode pass; more are split over several passes.
+    pub max_decode_batch: usize,
+    /// Most responses prefilled in one pass.
+    pub max_prefill_batch: usize,
+    /// Most audio chunks or frames in one encoder call.
+    pub encoder_max_batch: usize,
+    /// How long a lone encoder job may wait for others to share its call, when nothing
+    /// is decoding. Zero runs each pass with whatever has arrived.
+    pub encoder_max_wait: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            queue: 4096,
+            max_kv_tokens: 4096,
+            max_active_responses: 256,
+            max_decode_batch: 32,
+            max_prefill_batch: 32,
+            encoder_max_batch: 64,
+            encoder_max_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Starts the engine thread on a loaded bundle.
+pub fn start(bundle: Bundle, config: EngineConfig) -> EngineHandle {
     let info = BundleInfo {
         name: bundle.manifest.name.clone(),
         hidden_size: bundle.hidden_size(),
@@ -147,12 +180,12 @@ pub fn start(bundle: Bundle, queue: usize, max_kv_tokens: usize) -> EngineHandle
         audio_chunker: bundle.audio_chunker(),
         audio_state: bundle.audio.as_ref().map(|a| a.new_state()),
     };
-    let (tx, rx) = mpsc::channel(queue);
+    let (tx, rx) = mpsc::channel(config.queue.max(1));
     let active = Arc::new(AtomicUsize::new(0));
     let thread_active = active.clone();
     std::thread::Builder::new()
         .name("mmrt-engine".into())
-        .spawn(move || Engine::new(bundle, rx, thread_active, max_kv_tokens).run())
+        .spawn(move || Engine::new(bundle, rx, thread_active, config).run())
         .expect("spawning the engine thread");
     EngineHandle {
         jobs: tx,
@@ -183,16 +216,6 @@ impl Active {
     }
 }
 
-/// Most responses decoded in one pass; more are split over several passes.
-const MAX_DECODE_BATCH: usize = 32;
-
-/// Most responses prefilled in one pass.
-const MAX_PREFILL_BATCH: usize = 32;
-
-/// Most responses decoding at once: each holds a KV cache, so this bounds the memory
-/// they take; further responses wait their turn in arrival order.
-pub const MAX_ACTIVE_RESPONSES: usize = 256;
-
 /// A response whose prompt is assembled, waiting for its prefill.
 struct Prepared {
     active: Active,
@@ -207,9 +230,8 @@ struct Engine {
     /// Responses waiting for a KV slot. At most one per session (a session runs one
     /// response at a time), so it is bounded by the session limit.
     waiting: VecDeque<GenerateRequest>,
-    max_active: usize,
     active_count: Arc<AtomicUsize>,
-    max_kv_tokens: usize,
+    config: EngineConfig,
 }
 
 impl Engine {
@@ -217,20 +239,34 @@ impl Engine {
         bundle: Bundle,
         jobs: mpsc::Receiver<Job>,
         active_count: Arc<AtomicUsize>,
-        max_kv_tokens: usize,
+        mut config: EngineConfig,
     ) -> Engine {
+        config.max_active_responses = config.max_active_responses.max(1);
+        config.max_decode_batch = config.max_decode_batch.max(1);
+        config.max_prefill_batch = config.max_prefill_batch.max(1);
+        config.encoder_max_batch = config.encoder_max_batch.max(1);
         Engine {
             bundle,
             jobs,
             active: Vec::new(),
             waiting: VecDeque::new(),
-            max_active: MAX_ACTIVE_RESPONSES,
             active_count,
-            max_kv_tokens,
+            config,
         }
     }
 
     fn run(mut self) {
+        // Only for waiting on the queue with a deadline; no async work runs here.
+        let timer = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(err) => {
+                tracing::error!(%err, "the engine could not start its timer");
+                return;
+            }
+        };
         loop {
             // Wait for work only when nothing is being generated.
             let mut batch = Vec::new();
@@ -240,10 +276,21 @@ impl Engine {
                     None => return,
                 }
             }
-            while batch.len() < 256 {
-                match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+            self.drain_queue(&mut batch);
+            // Idle otherwise, a few encoder jobs may wait a moment for company.
+            let wait = self.config.encoder_max_wait;
+            if !wait.is_zero() && self.active.is_empty() {
+                let deadline = tokio::time::Instant::now() + wait;
+                while encoder_jobs(&batch) > 0
+                    && encoder_jobs(&batch) < self.config.encoder_max_batch
+                {
+                    match timer.block_on(tokio::time::timeout_at(deadline, self.jobs.recv())) {
+                        Ok(Some(job)) => {
+                            batch.push(job);
+                            self.drain_queue(&mut batch);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
                 }
             }
             self.handle_jobs(batch);
@@ -259,6 +306,16 @@ impl Engine {
             m.queue_depth
                 .with_label_values(&["engine_jobs"])
                 .set(self.jobs.len() as i64);
+        }
+    }
+
+    /// Moves what is queued now into `batch`, up to a bound per pass.
+    fn drain_queue(&mut self, batch: &mut Vec<Job>) {
+        while batch.len() < 1024 {
+            match self.jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
         }
     }
 
@@ -282,11 +339,14 @@ impl Engine {
                 Job::Generate(request) => generate.push(request),
             }
         }
-        if !audio.is_empty() {
-            self.encode_audio(audio);
+        let max = self.config.encoder_max_batch;
+        while !audio.is_empty() {
+            let rest = audio.split_off(audio.len().min(max));
+            self.encode_audio(std::mem::replace(&mut audio, rest));
         }
-        if !images.is_empty() {
-            self.encode_images(images);
+        while !images.is_empty() {
+            let rest = images.split_off(images.len().min(max));
+            self.encode_images(std::mem::replace(&mut images, rest));
         }
         self.waiting.extend(generate);
         self.admit();
@@ -384,6 +444,7 @@ impl Engine {
         // bounded by the decoder's context: a long answer ends as `incomplete` rather
         // than failing at the context's edge.
         let budget = self
+            .config
             .max_kv_tokens
             .min(self.bundle.decoder.spec().max_positions);
         let input_tokens = prefix.modality.len();
@@ -419,8 +480,8 @@ impl Engine {
     /// prefill is a pass of its own so that decode steps are not padded to prompt length.
     fn admit(&mut self) {
         let mut prepared = Vec::new();
-        while self.active.len() + prepared.len() < self.max_active
-            && prepared.len() < MAX_PREFILL_BATCH
+        while self.active.len() + prepared.len() < self.config.max_active_responses
+            && prepared.len() < self.config.max_prefill_batch
         {
             let Some(request) = self.waiting.pop_front() else {
                 break;
@@ -568,7 +629,7 @@ impl Engine {
         // Large batches are split: past a point a step's time grows faster than its
         // rows (docs/performance.md), so several moderate passes decode more per second.
         let mut result = Ok(Vec::with_capacity(self.active.len()));
-        for group in self.active.chunks_mut(MAX_DECODE_BATCH) {
+        for group in self.active.chunks_mut(self.config.max_decode_batch) {
             let started = Instant::now();
             let mut rows: Vec<DecodeRow<'_>> = group
                 .iter_mut()
@@ -613,4 +674,12 @@ impl Engine {
             }));
         }
     }
+}
+
+/// Encoder jobs in a batch of jobs.
+fn encoder_jobs(batch: &[Job]) -> usize {
+    batch
+        .iter()
+        .filter(|job| matches!(job, Job::EncodeAudio { .. } | Job::EncodeImage { .. }))
+        .count()
 }

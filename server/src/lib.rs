@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`listener`]: the accept loop: TLS and the handshake deadline.
 //! - [`app`]: HTTP routes, the WebSocket receive and send tasks, the session registry.
 //! - [`session`]: the session actor, owner of one connection's state.
 //! - [`ingest`]: audio decode, resampling, chunking; video frame sampling.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod ingest;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod session;
 pub mod vad;

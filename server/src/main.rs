@@ -1,19 +1,17 @@
 //! `mmrt`: the real-time multimodal inference server.
 
-use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mmrt_models::{Bundle, RuntimeConfig};
 use mmrt_server::app::{router, AppState};
 use mmrt_server::auth::Auth;
 use mmrt_server::config::{LogFormat, Options, Settings};
 use mmrt_server::limits::ServerLimits;
-use mmrt_server::{engine, warmup};
+use mmrt_server::{engine, listener, warmup};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -83,7 +81,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     let bundle = Bundle::load(&bundle_dir, &runtime)
         .with_context(|| format!("loading the bundle in {}", bundle_dir.display()))?;
     tracing::info!(bundle = %bundle.manifest.name, dir = %bundle_dir.display(), "bundle loaded");
-    let engine = engine::start(bundle, settings.queue, settings.max_kv_tokens);
+    let engine = engine::start(bundle, settings.engine.clone());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,13 +112,17 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         if state.auth.requires_key() {
             tracing::info!(keys = settings.api_keys.0.len(), "api keys required");
         }
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(listener::load_tls(cert, key)?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding --listen {}", settings.listen))?;
         let local = listener.local_addr()?;
         // Tests and scripts read this line to find an ephemeral port.
         println!("mmrt listening on {local}");
-        tracing::info!(%local, "listening");
+        tracing::info!(%local, tls = tls.is_some(), "listening");
 
         // Ready once one generation has run end to end.
         let ready = state.ready.clone();
@@ -139,24 +141,22 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let tasks = state.tasks.clone();
         let drain = settings.drain;
         let app = router(state);
-        // Stop accepting at the signal; sessions drain under the deadline meanwhile.
-        // Small event frames go out at once: Nagle's algorithm would hold a token's
-        // delta back until the previous one is acknowledged.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(?err, "could not set TCP_NODELAY");
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                wait_for_signal().await;
+                tracing::info!(?drain, "shutting down");
+                shutdown.cancel();
             }
         });
-        let serving = axum::serve(listener, app)
-            .with_graceful_shutdown({
-                let shutdown = shutdown.clone();
-                async move {
-                    wait_for_signal().await;
-                    tracing::info!(?drain, "shutting down");
-                    shutdown.cancel();
-                }
-            })
-            .into_future();
+        // Stops accepting at the signal; sessions drain under the deadline meanwhile.
+        let serving = listener::serve(
+            listener,
+            app,
+            tls,
+            settings.handshake_timeout,
+            shutdown.clone(),
+        );
         let server = tokio::spawn(serving);
         shutdown.cancelled().await;
         tasks.close();

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub responses_active: IntGauge,
     pub kv_cache_tokens: IntGauge,
     pub errors: IntCounterVec,
+    pub handshake_failures: IntCounterVec,
     pub ready: IntGauge,
 }
 
@@ -165,6 +166,11 @@ impl Metrics {
                 "Error events sent to clients, by stable error code.",
                 "code",
             ),
+            handshake_failures: counter_vec(
+                "mmrt_handshake_failures_total",
+                "Connections dropped before the WebSocket upgrade, by reason (timeout, tls).",
+                "reason",
+            ),
             ready: gauge(
                 "mmrt_ready",
                 "1 once the bundle is loaded and warmed up, else 0.",
@@ -182,6 +188,9 @@ impl Metrics {
         for modality in ["audio", "image", "video", "text"] {
             metrics.ingest_messages.with_label_values(&[modality]);
             metrics.ingest_bytes.with_label_values(&[modality]);
+        }
+        for reason in ["timeout", "tls"] {
+            metrics.handshake_failures.with_label_values(&[reason]);
         }
         for reason in ["sampled_out", "rate_limited", "invalid"] {
             metrics.frames_dropped.with_label_values(&[reason]);

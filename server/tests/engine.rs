@@ -37,13 +37,13 @@ impl Rng {
     }
 }
 
-fn start_engine() -> EngineHandle {
+fn start_engine(config: engine::EngineConfig) -> EngineHandle {
     let bundle = Bundle::load(
         &mmrt_models::default_bundle_dir(),
         &RuntimeConfig::from_env(),
     )
     .expect("default bundle");
-    engine::start(bundle, 1024, 4096)
+    engine::start(bundle, config)
 }
 
 async fn embed(engine: &EngineHandle, text: &str) -> Vec<f32> {
@@ -126,7 +126,30 @@ async fn run_response(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_concurrent_responses_keep_the_invariants() {
-    let engine = start_engine();
+    let engine = start_engine(engine::EngineConfig {
+        queue: 1024,
+        ..engine::EngineConfig::default()
+    });
+    check_invariants(engine).await;
+}
+
+/// Fewer KV slots than responses, small passes and an encoder wait: responses queue
+/// for slots, decode over several passes, and still keep every invariant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tight_slots_and_small_batches_keep_the_invariants() {
+    let engine = start_engine(engine::EngineConfig {
+        queue: 1024,
+        max_active_responses: 5,
+        max_decode_batch: 3,
+        max_prefill_batch: 2,
+        encoder_max_batch: 2,
+        encoder_max_wait: Duration::from_millis(3),
+        ..engine::EngineConfig::default()
+    });
+    check_invariants(engine).await;
+}
+
+async fn check_invariants(engine: EngineHandle) {
     let mut embeds = Vec::new();
     for text in REQUESTS {
         embeds.push(embed(&engine, text).await);

@@ -87,6 +87,8 @@ struct ActiveResponse {
     /// When the response was asked for: the end of the user's turn.
     requested_at: Instant,
     last_delta_at: Option<Instant>,
+    /// `response` span (child of the session's), entered for everything logged about it.
+    span: tracing::Span,
 }
 
 pub struct SessionActor {

@@ -99,6 +99,14 @@ impl SessionActor {
 
         let id = new_id("resp");
         let item_id = new_id("item");
+        let span = tracing::info_span!("response", response_id = %id);
+        span.in_scope(|| {
+            tracing::debug!(
+                max_output_tokens = settings.max_output_tokens,
+                temperature = settings.temperature,
+                "response requested"
+            )
+        });
         self.emit(ServerEvent::ResponseCreated(ResponseEvent {
             event_id: new_event_id(),
             response: Response::in_progress(id.clone(), settings.max_output_tokens),
@@ -131,6 +139,7 @@ impl SessionActor {
             reason: None,
             requested_at: Instant::now(),
             last_delta_at: None,
+            span,
         });
         Ok(())
     }
@@ -150,7 +159,9 @@ impl SessionActor {
                 prefill,
             } => {
                 response.input_tokens = input_tokens;
-                tracing::debug!(session_id = %self.session.id, ?prefill, input_tokens, "prefilled");
+                response
+                    .span
+                    .in_scope(|| tracing::debug!(?prefill, input_tokens, "prefilled"));
                 merge_report(&mut response.report, &report);
                 let event = ServerEvent::ModalityReport(ModalityReportEvent {
                     event_id: new_event_id(),
@@ -233,6 +244,15 @@ impl SessionActor {
         let Some(response) = self.response.take() else {
             return;
         };
+        response.span.in_scope(|| {
+            tracing::info!(
+                status = ?status,
+                input_tokens = response.input_tokens,
+                output_tokens,
+                took = ?response.requested_at.elapsed(),
+                "response done"
+            )
+        });
         let item_status = if status == ResponseStatus::Completed {
             ItemStatus::Completed
         } else {
