@@ -13,6 +13,7 @@
 //! - [`options`]: the command line (clap, every flag also an environment variable).
 //! - [`inputs`]: the audio and video the clients send, loaded once and shared.
 //! - [`client`]: one virtual client's session, turn by turn.
+//! - [`chaos`]: misbehaving clients mixed in for soak runs.
 //! - [`stats`]: histograms and counters, per client and merged.
 //! - [`run`]: one concurrency level, a sweep of them, the progress bar.
 //! - [`server`]: spawning `mmrt serve`, its resident memory, its prefill log lines.
@@ -20,6 +21,7 @@
 //! - [`report`]: the JSON report, the Markdown summary and the SVG plot.
 //! - [`error`]: the [`LoadError`] type.
 
+pub mod chaos;
 pub mod client;
 pub mod error;
 pub mod inputs;

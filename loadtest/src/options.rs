@@ -132,6 +132,14 @@ pub struct LoadOptions {
     #[arg(long, env = "MMRT_LOADTEST_RESPONSE_TIMEOUT", default_value_t = 10.0)]
     pub response_timeout: f64,
 
+    /// Misbehaving clients mixed in beside the well-behaved ones (slow readers,
+    /// vanishers, garbage senders, stalled handshakes), counted apart from them.
+    #[arg(long, env = "MMRT_LOADTEST_MISBEHAVING", default_value_t = 0)]
+    pub misbehaving: usize,
+    /// Seconds between samples of the spawned server's resident memory during a level.
+    #[arg(long, env = "MMRT_LOADTEST_MEMORY_EVERY", default_value_t = 10.0)]
+    pub memory_every: f64,
+
     /// Folder for report.json, summary.md and latency.svg.
     #[arg(long, env = "MMRT_LOADTEST_OUT", default_value = "target/loadtest")]
     pub out: PathBuf,

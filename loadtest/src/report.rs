@@ -54,6 +54,12 @@ pub struct LevelReport {
     pub overhead: Option<Percentiles>,
     /// Server memory at the end of the level (spawned server).
     pub server_memory: Option<ProcessMemory>,
+    /// What the misbehaving clients did, when there were any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misbehaving: Option<crate::chaos::ChaosReport>,
+    /// (seconds into the level, resident bytes) of the spawned server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub memory_timeline: Vec<(f64, u64)>,
 }
 
 impl LevelReport {
@@ -111,7 +117,16 @@ impl LevelReport {
             prefill,
             overhead,
             server_memory,
+            misbehaving: None,
+            memory_timeline: Vec::new(),
         }
+    }
+
+    /// Adds what the level measured besides the well-behaved clients.
+    pub fn with_extras(mut self, extras: crate::run::LevelExtras) -> LevelReport {
+        self.misbehaving = extras.chaos;
+        self.memory_timeline = extras.memory_timeline;
+        self
     }
 
     /// Errors of every code.
@@ -229,6 +244,47 @@ impl RunReport {
                 });
             if !errors.is_empty() {
                 let _ = writeln!(md, "\nErrors by code: {errors:?}");
+            }
+            for l in &self.levels {
+                if let Some(c) = &l.misbehaving {
+                    let _ = writeln!(
+                        md,
+                        "\nMisbehaving clients beside {} well-behaved ones: {} slow readers \
+                         ({} closed by the server), {} vanished mid-response, {} garbage \
+                         sessions ({} bad messages, {} error events, {} answered after), \
+                         {} stalled handshakes ({} dropped), {} failed connects.",
+                        l.clients,
+                        c.slow_readers,
+                        c.slow_readers_closed,
+                        c.vanished_mid_response,
+                        c.garbage_sessions,
+                        c.garbage_messages,
+                        c.garbage_errors,
+                        c.garbage_then_answered,
+                        c.stallers,
+                        c.stallers_dropped,
+                        c.connect_failures
+                    );
+                }
+                if l.memory_timeline.len() >= 2 {
+                    let mib = |b: u64| b as f64 / 1048576.0;
+                    let values: Vec<u64> = l.memory_timeline.iter().map(|p| p.1).collect();
+                    let min = values.iter().copied().min().unwrap_or(0);
+                    let max = values.iter().copied().max().unwrap_or(0);
+                    let half = l.memory_timeline.len() / 2;
+                    let first_half_max = values[..half].iter().copied().max().unwrap_or(0);
+                    let _ = writeln!(
+                        md,
+                        "\nServer RSS over {} samples at {} clients: min {:.1} MiB, max {:.1} MiB, \
+                         first-half max {:.1} MiB, last {:.1} MiB.",
+                        values.len(),
+                        l.clients,
+                        mib(min),
+                        mib(max),
+                        mib(first_half_max),
+                        mib(*values.last().unwrap_or(&0))
+                    );
+                }
             }
         }
         if !self.memory.is_empty() {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::time::Instant;
 
+use crate::chaos::{run_misbehaving, ChaosCounts, ChaosReport};
 use crate::client::{run_client, ClientPlan, Live};
 use crate::error::LoadError;
 use crate::inputs::Inputs;
@@ -16,17 +17,39 @@ use crate::report::{LevelReport, RunReport};
 use crate::server::SpawnedServer;
 use crate::stats::Stats;
 
+/// What one level measured besides the well-behaved clients' stats.
+#[derive(Debug, Default)]
+pub struct LevelExtras {
+    /// The misbehaving clients' counts, when there were any.
+    pub chaos: Option<ChaosReport>,
+    /// (seconds into the level, resident bytes) of the spawned server.
+    pub memory_timeline: Vec<(f64, u64)>,
+}
+
 /// Runs `clients` virtual clients against `url` and merges what they measured.
 ///
 /// Clients start evenly over `--ramp-up`; none starts a turn after `--duration`, and
 /// each waits at most `--response-timeout` for its last answer, so the level ends by
-/// itself.
+/// itself. `server_pid`, when known, is sampled for resident memory as it runs.
 pub async fn run_level(
     options: Arc<LoadOptions>,
     inputs: Arc<Inputs>,
     url: &str,
     clients: usize,
 ) -> Result<(Stats, Duration), LoadError> {
+    run_level_with(options, inputs, url, clients, None)
+        .await
+        .map(|(stats, elapsed, _)| (stats, elapsed))
+}
+
+/// [`run_level`] plus misbehaving clients and memory sampling.
+pub async fn run_level_with(
+    options: Arc<LoadOptions>,
+    inputs: Arc<Inputs>,
+    url: &str,
+    clients: usize,
+    server_pid: Option<u32>,
+) -> Result<(Stats, Duration, LevelExtras), LoadError> {
     let started = Instant::now();
     let stop_at = started + options.duration();
     let ramp = Duration::from_secs_f64(options.ramp_up);
@@ -49,10 +72,34 @@ pub async fn run_level(
         ));
     }
 
+    let chaos = Arc::new(ChaosCounts::default());
+    let mut misbehaving = tokio::task::JoinSet::new();
+    for index in 0..options.misbehaving {
+        let start_at = started + ramp.mul_f64(index as f64 / options.misbehaving as f64);
+        misbehaving.spawn(run_misbehaving(
+            index,
+            url.to_string(),
+            start_at,
+            stop_at,
+            chaos.clone(),
+        ));
+    }
+
     // Tick the bar while the clients run.
     let mut stats = Stats::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    let every = Duration::from_secs_f64(options.memory_every.max(0.1));
+    let mut next_sample = started;
+    let mut timeline = Vec::new();
     loop {
+        if let Some(pid) = server_pid {
+            if Instant::now() >= next_sample {
+                if let Ok(m) = crate::server::read_memory(pid) {
+                    timeline.push((started.elapsed().as_secs_f64(), m.rss_bytes));
+                }
+                next_sample += every;
+            }
+        }
         tokio::select! {
             joined = tasks.join_next() => match joined {
                 Some(Ok(client)) => stats.merge(client),
@@ -75,13 +122,23 @@ pub async fn run_level(
         }
     }
     progress.finish_and_clear();
+    while misbehaving.join_next().await.is_some() {}
+    if let Some(pid) = server_pid {
+        if let Ok(m) = crate::server::read_memory(pid) {
+            timeline.push((started.elapsed().as_secs_f64(), m.rss_bytes));
+        }
+    }
     if stats.sessions.is_empty() {
         return Err(LoadError::NoSessions {
             clients,
             first: format!("{:?}", stats.errors),
         });
     }
-    Ok((stats, started.elapsed()))
+    let extras = LevelExtras {
+        chaos: (options.misbehaving > 0).then(|| chaos.report()),
+        memory_timeline: timeline,
+    };
+    Ok((stats, started.elapsed(), extras))
 }
 
 fn progress_bar(options: &LoadOptions, clients: usize) -> ProgressBar {
@@ -125,7 +182,9 @@ pub async fn run_sweep(options: LoadOptions) -> Result<RunReport, LoadError> {
 
     let mut levels = Vec::new();
     for clients in options.levels() {
-        let (stats, elapsed) = run_level(options.clone(), inputs.clone(), &url, clients).await?;
+        let pid = server.as_ref().map(SpawnedServer::pid);
+        let (stats, elapsed, extras) =
+            run_level_with(options.clone(), inputs.clone(), &url, clients, pid).await?;
         // Responses may log their prefill a moment after the client saw them end.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let prefills = server.as_ref().map(SpawnedServer::take_prefills);
@@ -136,7 +195,8 @@ pub async fn run_sweep(options: LoadOptions) -> Result<RunReport, LoadError> {
             &stats,
             prefills.as_ref(),
             memory,
-        );
+        )
+        .with_extras(extras);
         if !options.no_progress || options.levels().len() > 1 {
             eprintln!("{}", level_line(&level));
         }
@@ -164,7 +224,7 @@ pub fn level_line(l: &LevelReport) -> String {
     let ms = |p: Option<crate::stats::Percentiles>| {
         p.map_or("-".into(), |p| format!("{:.1}/{:.1}", p.p50_ms, p.p99_ms))
     };
-    format!(
+    let mut line = format!(
         "{:>4} clients: {} turns, {} responses, {} errors; first token p50/p99 {} ms, \
          turn {} ms, overhead {} ms",
         l.clients,
@@ -174,5 +234,19 @@ pub fn level_line(l: &LevelReport) -> String {
         ms(l.first_token),
         ms(l.turn_total),
         ms(l.overhead)
-    )
+    );
+    if let Some(c) = &l.misbehaving {
+        line.push_str(&format!(
+            "; misbehaving: {} slow readers ({} closed), {} vanished, {} garbage sessions \
+             ({} answered), {} stalls ({} dropped)",
+            c.slow_readers,
+            c.slow_readers_closed,
+            c.vanished_mid_response,
+            c.garbage_sessions,
+            c.garbage_then_answered,
+            c.stallers,
+            c.stallers_dropped
+        ));
+    }
+    line
 }

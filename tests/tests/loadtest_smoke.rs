@@ -54,8 +54,13 @@ fn tone_wav(path: &Path) {
     std::fs::write(path, bytes).expect("writing the tone");
 }
 
+/// The runs in this file take one at a time: each measures real-time pacing, which a
+/// second run on the same cores would disturb.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_sessions_run_without_errors() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = Server::start(&[]);
     let scratch = std::env::temp_dir().join(format!("mmrt-loadtest-smoke-{}", std::process::id()));
     std::fs::create_dir_all(scratch.join("frames")).expect("scratch dir");
@@ -115,4 +120,86 @@ async fn a_few_sessions_run_without_errors() {
     );
     assert!(level.first_token.is_some(), "{level:?}");
     assert!(report.markdown().contains("| 3 |"));
+}
+
+/// A short soak: well-behaved clients beside misbehaving ones (a slow reader, a
+/// vanisher, a garbage sender, a stalled handshake). The well-behaved see no error,
+/// every bad message gets an error event and the session after it still answers, the
+/// stalled handshake is dropped, and no KV slot is left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_clients_do_not_hurt_the_others() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = Server::start(&["--handshake-timeout-seconds", "1"]);
+    let samples = repo_root().join("samples");
+    let audio = first_file(&samples, &["wav"]).expect("the samples have a WAV");
+    let options = LoadOptions::try_parse_args([
+        "--url",
+        &server.url(),
+        "--clients",
+        "2",
+        "--misbehaving",
+        "4",
+        "--duration",
+        "8",
+        "--ramp-up",
+        "0.5",
+        "--turn-interval",
+        "2",
+        "--fps",
+        "0",
+        "--max-output-tokens",
+        "8",
+        "--audio",
+        &audio.display().to_string(),
+        "--samples",
+        &samples.display().to_string(),
+        "--no-progress",
+    ])
+    .expect("options parse");
+    let report = run_sweep(options).await.expect("the load run");
+    let level = &report.levels[0];
+    assert!(level.errors.is_empty(), "errors: {:?}", level.errors);
+    assert_eq!(level.responses, level.turns, "{level:?}");
+    let chaos = level.misbehaving.expect("misbehaving counts");
+    assert!(chaos.garbage_sessions >= 1, "{chaos:?}");
+    assert_eq!(chaos.garbage_errors, chaos.garbage_messages, "{chaos:?}");
+    assert_eq!(
+        chaos.garbage_then_answered, chaos.garbage_sessions,
+        "{chaos:?}"
+    );
+    assert!(chaos.vanished_mid_response >= 1, "{chaos:?}");
+    assert!(chaos.stallers_dropped >= 1, "{chaos:?}");
+    assert_eq!(chaos.connect_failures, 0, "{chaos:?}");
+
+    // Vanished clients' responses are gone from the engine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let body = get_metrics(&server.addr).await;
+        let active = body
+            .lines()
+            .find_map(|l| l.strip_prefix("mmrt_responses_active "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if active == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "responses still active: {active:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /metrics` over a plain TCP socket.
+async fn get_metrics(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    tcp.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.expect("response");
+    body
 }
