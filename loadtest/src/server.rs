@@ -171,8 +171,10 @@ fn parse_prefill_line(line: &str) -> Option<(String, u64)> {
     let mut session = None;
     let mut prefill = None;
     for word in line.split_whitespace() {
-        if let Some(id) = word.strip_prefix("session_id=") {
-            session = Some(id.to_string());
+        // The id is a field of the line or of its span (`response{session_id=…`).
+        if let Some(at) = word.find("session_id=") {
+            let id = &word[at + "session_id=".len()..];
+            session = Some(id.trim_end_matches(['}', ':', ',']).to_string());
         } else if let Some(value) = word.strip_prefix("prefill=") {
             prefill = parse_debug_duration(value);
         }
@@ -204,6 +206,11 @@ mod tests {
         let line = "2026-01-01T00:00:00.000001Z DEBUG mmrt_server::session: prefilled \
                     session_id=sess_abc prefill=1.5ms input_tokens=70";
         assert_eq!(parse_prefill_line(line), Some(("sess_abc".into(), 1500)));
+        // As the server logs it now: inside the response's span.
+        let line = "2026-01-01T00:00:00.000001Z DEBUG response{session_id=sess_abc \
+                    response_id=resp_1}: mmrt_server::session::response: prefilled \
+                    prefill=2ms input_tokens=70";
+        assert_eq!(parse_prefill_line(line), Some(("sess_abc".into(), 2000)));
         assert_eq!(parse_debug_duration("812.4µs"), Some(812));
         assert_eq!(parse_debug_duration("2s"), Some(2_000_000));
         assert_eq!(parse_debug_duration("900ns"), Some(1));
