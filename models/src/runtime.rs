@@ -7,14 +7,11 @@
 //! A missing or unusable library is an error that says how to fix it, never a panic.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
-
-use sha2::{Digest, Sha256};
 
 use crate::error::ModelError;
+use crate::packages::{self, ArchiveFormat};
 
 /// A pinned wheel that carries `libonnxruntime.so`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,59 +210,17 @@ fn fetch_wheel(wheel: &PinnedWheel, folder: &Path) -> Result<(), ModelError> {
             wheel.version
         ))
     };
-    // The platform's trust store, so that package mirrors and proxies that the
-    // machine trusts work as they do for pip.
-    let tls = ureq::tls::TlsConfig::builder()
-        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-        .build();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .tls_config(tls)
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .into();
-    let response = agent
-        .get(wheel.url)
-        .call()
-        .map_err(|e| fail(e.to_string()))?;
-    let mut bytes = Vec::new();
-    response
-        .into_body()
-        .into_with_config()
-        .limit(1 << 30)
-        .reader()
-        .read_to_end(&mut bytes)
-        .map_err(|e| fail(e.to_string()))?;
-    let digest = hex::encode(Sha256::digest(&bytes));
-    if digest != wheel.sha256 {
-        return Err(fail(format!(
-            "sha256 mismatch: expected {}, got {digest}",
-            wheel.sha256
-        )));
-    }
+    let bytes = packages::download_verified(wheel.url, wheel.sha256).map_err(fail)?;
 
-    fs::create_dir_all(folder).map_err(|e| fail(format!("{}: {e}", folder.display())))?;
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| fail(e.to_string()))?;
-    let members: Vec<String> = archive
-        .file_names()
-        .filter(|name| {
-            *name == wheel.member
-                || (name.starts_with("onnxruntime/capi/libonnxruntime_providers_")
-                    && name.ends_with(".so"))
-        })
-        .map(str::to_string)
-        .collect();
-    for member in members {
-        let mut entry = archive.by_name(&member).map_err(|e| fail(e.to_string()))?;
-        let target = folder.join(file_name(&member));
-        // Per-process partial names: several processes may fetch at once (parallel
-        // tests, several servers); each renames a complete file into place.
-        let partial = target.with_extension(format!("partial-{}", std::process::id()));
-        let mut out = fs::File::create(&partial).map_err(|e| fail(e.to_string()))?;
-        std::io::copy(&mut entry, &mut out).map_err(|e| fail(e.to_string()))?;
-        out.flush().map_err(|e| fail(e.to_string()))?;
-        fs::rename(&partial, &target).map_err(|e| fail(e.to_string()))?;
-    }
+    // Each library is renamed into place complete (several processes may fetch at
+    // once); the marker that declares the folder complete comes last.
+    packages::extract_members(ArchiveFormat::Zip, &bytes, |name| {
+        let wanted = name == wheel.member
+            || (name.starts_with("onnxruntime/capi/libonnxruntime_providers_")
+                && name.ends_with(".so"));
+        wanted.then(|| folder.join(file_name(name)))
+    })
+    .map_err(fail)?;
     fs::write(folder.join("COMPLETE"), wheel.sha256).map_err(|e| fail(e.to_string()))?;
     Ok(())
 }
