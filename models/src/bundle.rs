@@ -12,6 +12,8 @@ use crate::encoders::{AudioEncoder, ImageEncoder, TextEncoder};
 use crate::error::ModelError;
 use crate::image_prep::ImagePreprocessor;
 use crate::manifest::{resolve, Manifest, Modality, TemplatePart};
+use crate::ocr::OcrReader;
+use crate::whisper::{Transcriber, TranscriberConfig, WhisperWindow};
 use crate::runtime::RuntimeConfig;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::Graph;
@@ -54,20 +56,37 @@ pub enum SlotOutcome {
     Omitted,
 }
 
-/// One turn's inputs, already encoded: `[tokens, hidden]` per present modality.
+/// One turn's inputs, already encoded: `[tokens, hidden]` per present modality; for a
+/// cascade (a decoder that reads token ids), each modality's text instead, and the
+/// earlier exchanges of the conversation.
 #[derive(Debug, Clone, Default)]
 pub struct TurnEmbeddings {
     pub by_modality: BTreeMap<Modality, Vec<f32>>,
+    /// Typed text, the transcript of speech, the text read in an image.
+    pub texts: BTreeMap<Modality, String>,
+    /// Earlier (user, assistant) exchanges, oldest first.
+    pub history: Vec<(String, String)>,
 }
 
-/// A decoder prefix: embeddings plus the modality of each position.
+/// A decoder prefix: embeddings (or token ids, for decoders that embed themselves)
+/// plus the modality of each position.
 #[derive(Debug, Clone, Default)]
 pub struct Prefix {
     pub embeds: Vec<f32>,
+    pub ids: Vec<u32>,
     pub modality: Vec<Modality>,
 }
 
 impl Prefix {
+    /// What the decoder's first pass takes.
+    pub fn into_input(self) -> RowInput {
+        if self.embeds.is_empty() {
+            RowInput::Ids(self.ids)
+        } else {
+            RowInput::Embeds(self.embeds)
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.modality.len()
     }
@@ -114,6 +133,10 @@ pub struct Bundle {
     pub completion: Option<CompletionModel>,
     pub nulls: NullEmbeddings,
     pub decoder: Decoder,
+    /// The cascade's speech stage.
+    pub transcriber: Option<Transcriber>,
+    /// The cascade's reading stage.
+    pub reader: Option<OcrReader>,
     template: Vec<TemplatePart>,
 }
 
@@ -121,6 +144,7 @@ impl Bundle {
     /// Loads the bundle in `dir`: manifest, checksums, tokenizer and every graph, each
     /// checked against the manifest.
     pub fn load(dir: &Path, config: &RuntimeConfig) -> Result<Bundle, ModelError> {
+        let runtime_config = config;
         let manifest = Manifest::load(dir)?;
         let hidden = manifest.hidden_size;
         let template = manifest
@@ -170,6 +194,38 @@ impl Bundle {
             None => (None, NullEmbeddings::default()),
         };
         let decoder = Decoder::new(graph(&manifest.decoder.file)?, &manifest.decoder, hidden)?;
+        let transcriber = match &manifest.stages.transcribe {
+            Some(stage) => {
+                let window = match stage.window.as_str() {
+                    "full" => WhisperWindow::Full,
+                    _ => WhisperWindow::Trimmed {
+                        padding_frames: stage.padding_frames,
+                    },
+                };
+                let config = TranscriberConfig {
+                    window,
+                    max_tokens: stage.max_tokens,
+                    ..TranscriberConfig::default()
+                };
+                Some(Transcriber::load_files(
+                    &resolve(dir, &stage.encoder.file)?,
+                    &resolve(dir, &stage.decoder.file)?,
+                    &resolve(dir, &stage.tokenizer.file)?,
+                    config,
+                    runtime_config,
+                )?)
+            }
+            None => None,
+        };
+        let reader = match &manifest.stages.read {
+            Some(stage) => Some(OcrReader::load(
+                &resolve(dir, &stage.detector.file)?,
+                &resolve(dir, &stage.recognizer.file)?,
+                &resolve(dir, &stage.keys.file)?,
+                runtime_config,
+            )?),
+            None => None,
+        };
         Ok(Bundle {
             manifest,
             dir: dir.to_path_buf(),
@@ -181,6 +237,8 @@ impl Bundle {
             completion,
             nulls,
             decoder,
+            transcriber,
+            reader,
             template,
         })
     }
@@ -268,13 +326,16 @@ impl Bundle {
         turn: &TurnEmbeddings,
         policy: &dyn Fn(Modality) -> FillPolicy,
     ) -> Result<(Prefix, BTreeMap<Modality, SlotOutcome>), ModelError> {
+        if self.decoder.spec().input_ids.is_some() {
+            return self.assemble_text_prefix(turn);
+        }
         let hidden = self.hidden_size();
         let slots: Vec<Modality> = self
             .template
             .iter()
             .filter_map(|p| match p {
                 TemplatePart::Slot(m) => Some(*m),
-                TemplatePart::Literal(_) => None,
+                TemplatePart::Literal(_) | TemplatePart::History => None,
             })
             .collect();
         let wants_completion = slots.iter().any(|m| {
@@ -304,6 +365,7 @@ impl Bundle {
         let template = self.template.clone();
         for part in &template {
             let (embeds, modality) = match part {
+                TemplatePart::History => continue,
                 TemplatePart::Literal(text) => (self.embed_text(text)?, Modality::Text),
                 TemplatePart::Slot(m) => {
                     let (outcome, embeds) = if let Some(e) = turn.by_modality.get(m) {
@@ -340,6 +402,64 @@ impl Bundle {
         Ok((prefix, report))
     }
 
+    /// The prompt of a decoder that reads token ids: the template's text with each
+    /// slot's text (typed, transcribed, read) and the recent history written in. Slots
+    /// without text are left out; fill policies do not apply to text.
+    fn assemble_text_prefix(
+        &self,
+        turn: &TurnEmbeddings,
+    ) -> Result<(Prefix, BTreeMap<Modality, SlotOutcome>), ModelError> {
+        let prompt = &self.manifest.prompt;
+        let mut prefix = Prefix::default();
+        let mut report = BTreeMap::new();
+        let push = |ids: Vec<u32>, modality: Modality, prefix: &mut Prefix| {
+            prefix
+                .modality
+                .extend(std::iter::repeat_n(modality, ids.len()));
+            prefix.ids.extend(ids);
+        };
+        for part in &self.template {
+            match part {
+                TemplatePart::Literal(text) => {
+                    push(self.tokenizer.encode(text)?, Modality::Text, &mut prefix)
+                }
+                TemplatePart::History => {
+                    let format = prompt.history_turn.as_deref().unwrap_or_default();
+                    let skip = turn.history.len().saturating_sub(prompt.max_history_turns);
+                    for (user, assistant) in &turn.history[skip..] {
+                        // Literal structure from the manifest, client text cleaned.
+                        let (head, rest) = format.split_once("{user}").unwrap_or((format, ""));
+                        let (middle, tail) =
+                            rest.split_once("{assistant}").unwrap_or((rest, ""));
+                        push(self.tokenizer.encode(head)?, Modality::Text, &mut prefix);
+                        push(self.tokenizer.encode_untrusted(user)?, Modality::Text, &mut prefix);
+                        push(self.tokenizer.encode(middle)?, Modality::Text, &mut prefix);
+                        push(
+                            self.tokenizer.encode_untrusted(assistant)?,
+                            Modality::Text,
+                            &mut prefix,
+                        );
+                        push(self.tokenizer.encode(tail)?, Modality::Text, &mut prefix);
+                    }
+                }
+                TemplatePart::Slot(m) => {
+                    let text = turn.texts.get(m).map(|t| t.trim()).unwrap_or_default();
+                    if text.is_empty() {
+                        report.insert(*m, SlotOutcome::Omitted);
+                        continue;
+                    }
+                    report.insert(*m, SlotOutcome::Present);
+                    let format = prompt.slot_text.get(m.as_str()).map_or("{}", |f| f.as_str());
+                    let (head, tail) = format.split_once("{}").unwrap_or((format, ""));
+                    push(self.tokenizer.encode(head)?, *m, &mut prefix);
+                    push(self.tokenizer.encode_untrusted(text)?, *m, &mut prefix);
+                    push(self.tokenizer.encode(tail)?, *m, &mut prefix);
+                }
+            }
+        }
+        Ok((prefix, report))
+    }
+
     /// Generates for several prefixes at once: one batched prefill, then batched decode
     /// steps; sequences leave the batch as they finish.
     pub fn generate_batch(
@@ -360,10 +480,7 @@ impl Bundle {
         let mut stops = vec![StopMatcher::new(&params.stop); n];
         let mut texts = vec![String::new(); n];
         let mut finish: Vec<Option<FinishReason>> = vec![None; n];
-        let mut inputs: Vec<RowInput> = prefixes
-            .iter()
-            .map(|p| RowInput::Embeds(p.embeds.clone()))
-            .collect();
+        let mut inputs: Vec<RowInput> = prefixes.iter().map(|p| p.clone().into_input()).collect();
         let mut modalities: Vec<Vec<Modality>> =
             prefixes.iter().map(|p| p.modality.clone()).collect();
         let eos = self.tokenizer.eos;

@@ -31,6 +31,68 @@ pub struct Manifest {
     pub encoders: Encoders,
     pub completion: Option<CompletionSpec>,
     pub decoder: DecoderSpec,
+    /// Models that turn a modality into text before the decoder (a cascade).
+    #[serde(default)]
+    pub stages: Stages,
+}
+
+/// The cascade: each stage turns one input modality into text that fills its slot of
+/// the prompt. A bundle has a stage or an encoder for a modality, not both.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stages {
+    /// Speech to text.
+    pub transcribe: Option<TranscribeStage>,
+    /// Text seen in images to text.
+    pub read: Option<ReadStage>,
+}
+
+/// `[stages.transcribe]`: an encoder-decoder speech recogniser.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscribeStage {
+    /// `whisper`: Whisper's log-mel front end, an encoder that outputs every layer's
+    /// cross-attention keys and values, a decoder with a self-attention KV cache.
+    pub kind: String,
+    pub encoder: FileRef,
+    pub decoder: FileRef,
+    pub tokenizer: FileRef,
+    /// `trimmed` (the utterance plus `padding_frames`) or `full` (30 s).
+    #[serde(default = "default_window")]
+    pub window: String,
+    #[serde(default = "default_padding_frames")]
+    pub padding_frames: usize,
+    #[serde(default = "default_transcript_tokens")]
+    pub max_tokens: usize,
+}
+
+fn default_window() -> String {
+    "trimmed".into()
+}
+fn default_padding_frames() -> usize {
+    100
+}
+fn default_transcript_tokens() -> usize {
+    128
+}
+
+/// `[stages.read]`: text detection and recognition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadStage {
+    /// `ppocr`: PP-OCR detection (`x` → probability map) and CTC recognition.
+    pub kind: String,
+    pub detector: FileRef,
+    pub recognizer: FileRef,
+    /// The recogniser's characters, one a line.
+    pub keys: FileRef,
+    /// Lines read with less confidence are left out.
+    #[serde(default = "default_min_confidence")]
+    pub min_confidence: f32,
+}
+
+fn default_min_confidence() -> f32 {
+    0.5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +114,21 @@ pub struct SpecialTokens {
 #[serde(deny_unknown_fields)]
 pub struct PromptSpec {
     pub template: Vec<String>,
+    /// For decoders that read token ids: how each slot's text enters the prompt, `{}`
+    /// marking the text (`image = "Text in view: {}\n"`). A slot without text is left out.
+    #[serde(default)]
+    pub slot_text: BTreeMap<String, String>,
+    /// How one earlier exchange is written where the template has `{history}`, with
+    /// `{user}` and `{assistant}` marking the texts.
+    #[serde(default)]
+    pub history_turn: Option<String>,
+    /// Most earlier exchanges kept in the prompt, newest first.
+    #[serde(default = "default_history_turns")]
+    pub max_history_turns: usize,
+}
+
+fn default_history_turns() -> usize {
+    8
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,8 +449,10 @@ impl fmt::Display for Modality {
 pub enum TemplatePart {
     /// Tokenized and embedded as text.
     Literal(String),
-    /// Replaced by a modality's embeddings.
+    /// Replaced by a modality's embeddings (or, for a cascade, its text).
     Slot(Modality),
+    /// Earlier exchanges of the conversation, written with `prompt.history_turn`.
+    History,
 }
 
 impl PromptSpec {
@@ -381,7 +460,11 @@ impl PromptSpec {
         self.template
             .iter()
             .map(|entry| {
-                if let Some(inner) = entry.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if entry == "{history}" {
+                    Ok(TemplatePart::History)
+                } else if let Some(inner) =
+                    entry.strip_prefix('{').and_then(|s| s.strip_suffix('}'))
+                {
                     Modality::parse(inner)
                         .map(TemplatePart::Slot)
                         .ok_or_else(|| format!("unknown template slot `{entry}`"))
@@ -426,17 +509,86 @@ impl Manifest {
         }
         let parts = self.prompt.parts()?;
         for part in &parts {
-            if let TemplatePart::Slot(m) = part {
-                let present = match m {
-                    Modality::Text => self.encoders.text.is_some(),
-                    Modality::Image => self.encoders.image.is_some(),
-                    Modality::Audio => self.encoders.audio.is_some(),
-                };
-                if !present {
-                    return Err(format!(
-                        "prompt.template uses `{{{m}}}` but encoders.{m} is not defined"
-                    ));
+            match part {
+                TemplatePart::Slot(m) if self.decoder.input_ids.is_some() => {
+                    let fed = match m {
+                        Modality::Text => true,
+                        Modality::Image => self.stages.read.is_some(),
+                        Modality::Audio => self.stages.transcribe.is_some(),
+                    };
+                    if !fed {
+                        let stage = if *m == Modality::Image { "read" } else { "transcribe" };
+                        return Err(format!(
+                            "prompt.template uses `{{{m}}}` but stages.{stage} is not defined"
+                        ));
+                    }
                 }
+                TemplatePart::Slot(m) => {
+                    let present = match m {
+                        Modality::Text => self.encoders.text.is_some(),
+                        Modality::Image => self.encoders.image.is_some(),
+                        Modality::Audio => self.encoders.audio.is_some(),
+                    };
+                    if !present {
+                        return Err(format!(
+                            "prompt.template uses `{{{m}}}` but encoders.{m} is not defined"
+                        ));
+                    }
+                }
+                TemplatePart::History if self.prompt.history_turn.is_none() => {
+                    return Err(
+                        "prompt.template uses `{history}` but prompt.history_turn is not set"
+                            .into(),
+                    );
+                }
+                TemplatePart::History if self.decoder.input_ids.is_none() => {
+                    return Err(
+                        "`{history}` needs a decoder that reads input_ids (a text prompt)".into(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        for (slot, format) in &self.prompt.slot_text {
+            if Modality::parse(slot).is_none() {
+                return Err(format!("prompt.slot_text: unknown slot `{slot}`"));
+            }
+            if format.matches("{}").count() != 1 {
+                return Err(format!(
+                    "prompt.slot_text.{slot}: needs exactly one `{{}}` for the text"
+                ));
+            }
+        }
+        let has_stages = self.stages.transcribe.is_some() || self.stages.read.is_some();
+        if has_stages && self.decoder.input_ids.is_none() {
+            return Err("stages feed text, so the decoder must read input_ids".into());
+        }
+        if let Some(t) = &self.stages.transcribe {
+            if t.kind != "whisper" {
+                return Err(format!(
+                    "stages.transcribe.kind `{}` is unknown; this mmrt knows `whisper`",
+                    t.kind
+                ));
+            }
+            if t.window != "trimmed" && t.window != "full" {
+                return Err(format!(
+                    "stages.transcribe.window `{}`: expected trimmed or full",
+                    t.window
+                ));
+            }
+            if self.encoders.audio.is_some() {
+                return Err("give encoders.audio or stages.transcribe, not both".into());
+            }
+        }
+        if let Some(r) = &self.stages.read {
+            if r.kind != "ppocr" {
+                return Err(format!(
+                    "stages.read.kind `{}` is unknown; this mmrt knows `ppocr`",
+                    r.kind
+                ));
+            }
+            if self.encoders.image.is_some() {
+                return Err("give encoders.image or stages.read, not both".into());
             }
         }
         let decoder = &self.decoder;
@@ -568,6 +720,16 @@ impl Manifest {
             }
         }
         files.push((&self.decoder.file, self.decoder.sha256.as_deref()));
+        if let Some(t) = &self.stages.transcribe {
+            for f in [&t.encoder, &t.decoder, &t.tokenizer] {
+                files.push((&f.file, f.sha256.as_deref()));
+            }
+        }
+        if let Some(r) = &self.stages.read {
+            for f in [&r.detector, &r.recognizer, &r.keys] {
+                files.push((&f.file, f.sha256.as_deref()));
+            }
+        }
         files
     }
 

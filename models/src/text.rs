@@ -49,6 +49,18 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Token ids of text a client sent: special tokens written in it are removed first,
+    /// so that typed or transcribed text cannot forge the prompt's structure.
+    pub fn encode_untrusted(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let mut clean = text.to_string();
+        for token in self.inner.get_added_tokens_decoder().values() {
+            if token.special && !token.content.is_empty() {
+                clean = clean.replace(&token.content, "");
+            }
+        }
+        self.encode(&clean)
+    }
+
     /// Token ids of `text`; special tokens written in it are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
         let encoding = self

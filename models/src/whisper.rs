@@ -316,6 +316,23 @@ impl Transcriber {
         runtime: &RuntimeConfig,
         config: TranscriberConfig,
     ) -> Result<Transcriber, ModelError> {
+        Transcriber::load_files(
+            &dir.join(ENCODER_FILE),
+            &dir.join(DECODER_FILE),
+            &dir.join(TOKENIZER_FILE),
+            config,
+            runtime,
+        )
+    }
+
+    /// [`Transcriber::load`] from files named one by one (a bundle's manifest).
+    pub fn load_files(
+        encoder_file: &Path,
+        decoder_file: &Path,
+        tokenizer_file: &Path,
+        config: TranscriberConfig,
+        runtime: &RuntimeConfig,
+    ) -> Result<Transcriber, ModelError> {
         if config.max_tokens == 0 || config.max_tokens > MAX_TOKENS_LIMIT {
             return Err(ModelError::Config(format!(
                 "whisper max_tokens is {}; it must be from 1 to {MAX_TOKENS_LIMIT}",
@@ -325,7 +342,7 @@ impl Transcriber {
         let sym = |s: &str| Dim::Symbol(s.into());
 
         // The encoder: mel in, every layer's cross-attention keys and values out.
-        let encoder = Graph::load(&dir.join(ENCODER_FILE), runtime)?;
+        let encoder = Graph::load(encoder_file, runtime)?;
         encoder.expect(
             true,
             "mel",
@@ -338,7 +355,7 @@ impl Transcriber {
         }
 
         // The decoder: tokens, past and cross-attention tensors in; logits, present out.
-        let decoder = Graph::load(&dir.join(DECODER_FILE), runtime)?;
+        let decoder = Graph::load(decoder_file, runtime)?;
         decoder.expect(true, "input_ids", &[sym("batch"), sym("seq")], DType::I64)?;
         for (key, value) in layer_names("past_key_values") {
             decoder.expect(true, &key, &kv_shape("past"), DType::F32)?;
@@ -365,7 +382,7 @@ impl Transcriber {
             eos: "<|endoftext|>".into(),
             pad: None,
         };
-        let tokenizer = TextTokenizer::load(&dir.join(TOKENIZER_FILE), &special)?;
+        let tokenizer = TextTokenizer::load(tokenizer_file, &special)?;
         let no_timestamps = tokenizer.encode("<|notimestamps|>")?;
         if tokenizer.bos != Some(START_OF_TRANSCRIPT)
             || tokenizer.eos != END_OF_TEXT

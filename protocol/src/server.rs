@@ -185,6 +185,46 @@ pub struct ModalityReportEvent {
     pub modalities: Vec<ModalityState>,
 }
 
+/// `conversation.item.input_audio_transcription.delta`: a piece of the transcript of a
+/// user audio item, as the bundle's speech stage decodes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TranscriptionDelta {
+    /// Unique server event id.
+    pub event_id: String,
+    /// The user audio item being transcribed.
+    pub item_id: String,
+    /// The audio part within the item.
+    pub content_index: u32,
+    /// New transcript text, to append to what came before.
+    pub delta: String,
+}
+
+/// `conversation.item.input_audio_transcription.completed`: the whole transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TranscriptionCompleted {
+    /// Unique server event id.
+    pub event_id: String,
+    /// The user audio item transcribed.
+    pub item_id: String,
+    /// The audio part within the item.
+    pub content_index: u32,
+    /// The transcript: every delta joined.
+    pub transcript: String,
+}
+
+/// `conversation.item.input_audio_transcription.failed`: no transcript for the item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TranscriptionFailed {
+    /// Unique server event id.
+    pub event_id: String,
+    /// The user audio item.
+    pub item_id: String,
+    /// The audio part within the item.
+    pub content_index: u32,
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
 /// `mmrt.session.closing` (extension): the server will close this session; a running
 /// response may finish until then. Sent with an `error` event of code `shutting_down`
 /// for clients that do not know this event.
@@ -217,6 +257,12 @@ event_enum! {
         ConversationItemAdded(ConversationItemEvent) = "conversation.item.added",
         /// `conversation.item.done`
         ConversationItemDone(ConversationItemEvent) = "conversation.item.done",
+        /// `conversation.item.input_audio_transcription.delta`
+        TranscriptionDelta(TranscriptionDelta) = "conversation.item.input_audio_transcription.delta",
+        /// `conversation.item.input_audio_transcription.completed`
+        TranscriptionCompleted(TranscriptionCompleted) = "conversation.item.input_audio_transcription.completed",
+        /// `conversation.item.input_audio_transcription.failed`
+        TranscriptionFailed(TranscriptionFailed) = "conversation.item.input_audio_transcription.failed",
         /// `response.created`
         ResponseCreated(ResponseEvent) = "response.created",
         /// `response.output_item.added`
@@ -258,6 +304,9 @@ impl ServerEvent {
             ServerEvent::OutputItemAdded(e) | ServerEvent::OutputItemDone(e) => &e.event_id,
             ServerEvent::ContentPartAdded(e) | ServerEvent::ContentPartDone(e) => &e.event_id,
             ServerEvent::OutputTextDelta(e) => &e.event_id,
+            ServerEvent::TranscriptionDelta(e) => &e.event_id,
+            ServerEvent::TranscriptionCompleted(e) => &e.event_id,
+            ServerEvent::TranscriptionFailed(e) => &e.event_id,
             ServerEvent::OutputTextDone(e) => &e.event_id,
             ServerEvent::Error(e) => &e.event_id,
             ServerEvent::ModalityReport(e) => &e.event_id,
