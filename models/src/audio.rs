@@ -192,6 +192,18 @@ impl AudioChunker {
         })
     }
 
+    /// Raw PCM in chunks of `chunk_samples`: for stages that take a whole utterance
+    /// (speech recognition), where chunking only paces the ingest.
+    pub fn pcm(chunk_samples: usize) -> AudioChunker {
+        AudioChunker {
+            front: Front::Pcm,
+            chunk_frames: chunk_samples.max(1),
+            pending: Vec::new(),
+            ready: Vec::new(),
+            received: 0,
+        }
+    }
+
     /// Values per frame: mel bands, or 1 for raw PCM.
     pub fn frame_width(&self) -> usize {
         match &self.front {

@@ -318,13 +318,7 @@ impl ServerEvent {
     pub fn error(err: &ProtocolError) -> ServerEvent {
         ServerEvent::Error(ErrorEvent {
             event_id: new_event_id(),
-            error: ErrorDetail {
-                kind: err.code.error_type(),
-                code: err.code,
-                message: err.message.clone(),
-                param: err.param.clone(),
-                event_id: err.event_id.clone(),
-            },
+            error: ErrorDetail::from_protocol_error(err),
         })
     }
 
@@ -335,6 +329,17 @@ impl ServerEvent {
 }
 
 impl ErrorDetail {
+    /// The wire form of a [`ProtocolError`].
+    pub fn from_protocol_error(err: &ProtocolError) -> ErrorDetail {
+        ErrorDetail {
+            kind: err.code.error_type(),
+            code: err.code,
+            message: err.message.clone(),
+            param: err.param.clone(),
+            event_id: err.event_id.clone(),
+        }
+    }
+
     /// Back to a [`ProtocolError`], for clients that surface errors as `Err`.
     pub fn to_protocol_error(&self) -> ProtocolError {
         ProtocolError {

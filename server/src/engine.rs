@@ -41,6 +41,19 @@ pub enum Job {
         text: String,
         reply: EmbedReply,
     },
+    /// Speech to text with the bundle's transcription stage: 16 kHz PCM of one
+    /// utterance; pieces of the transcript go to `deltas` as they are decoded.
+    Transcribe {
+        pcm: Vec<f32>,
+        deltas: mpsc::Sender<String>,
+        reply: oneshot::Sender<Result<String, ModelError>>,
+    },
+    /// Text seen in an image, with the bundle's reading stage: the lines, top to
+    /// bottom, joined by newlines.
+    ReadText {
+        image: image::RgbImage,
+        reply: oneshot::Sender<Result<String, ModelError>>,
+    },
     Generate(GenerateRequest),
 }
 
@@ -103,6 +116,12 @@ pub struct BundleInfo {
     pub image_preprocessor: Option<mmrt_models::ImagePreprocessor>,
     pub audio_chunker: Option<mmrt_models::AudioChunker>,
     pub audio_state: Option<AudioStreamState>,
+    /// Speech becomes text through a transcription stage (audio is kept as PCM).
+    pub transcribes: bool,
+    /// Images become text through a reading stage.
+    pub reads: bool,
+    /// The decoder reads a text prompt (token ids): turns are given as text.
+    pub text_prompt: bool,
 }
 
 impl EngineHandle {
@@ -179,7 +198,18 @@ pub fn start(bundle: Bundle, config: EngineConfig) -> EngineHandle {
         image_preprocessor: bundle.image_preprocessor.clone(),
         audio_chunker: bundle.audio_chunker(),
         audio_state: bundle.audio.as_ref().map(|a| a.new_state()),
+        transcribes: bundle.transcriber.is_some(),
+        reads: bundle.reader.is_some(),
+        text_prompt: bundle.decoder.spec().input_ids.is_some(),
     };
+    let mut info = info;
+    if info.transcribes {
+        // Speech is kept as 16 kHz PCM, paced in 100 ms pieces, and transcribed whole.
+        info.audio_sample_rate = Some(mmrt_models::whisper::SAMPLE_RATE);
+        info.audio_chunker = Some(mmrt_models::AudioChunker::pcm(
+            mmrt_models::whisper::SAMPLE_RATE as usize / 10,
+        ));
+    }
     let (tx, rx) = mpsc::channel(config.queue.max(1));
     let active = Arc::new(AtomicUsize::new(0));
     let thread_active = active.clone();
@@ -309,6 +339,45 @@ impl Engine {
         }
     }
 
+    fn transcribe(
+        &mut self,
+        pcm: &[f32],
+        deltas: &mpsc::Sender<String>,
+    ) -> Result<String, ModelError> {
+        let transcriber = self.bundle.transcriber.as_mut().ok_or_else(|| {
+            ModelError::InvalidInput("this bundle has no transcription stage".into())
+        })?;
+        let started = Instant::now();
+        let transcript = transcriber.transcribe_streaming(pcm, |piece| {
+            // A session that cannot keep up misses a delta, never the transcript.
+            let _ = deltas.try_send(piece.to_string());
+        });
+        metrics().model_call("transcriber", 1, started.elapsed().as_secs_f64());
+        Ok(transcript?.text)
+    }
+
+    fn read_text(&mut self, image: &image::RgbImage) -> Result<String, ModelError> {
+        let min_confidence = self
+            .bundle
+            .manifest
+            .stages
+            .read
+            .as_ref()
+            .map_or(0.0, |r| r.min_confidence);
+        let reader = self.bundle.reader.as_mut().ok_or_else(|| {
+            ModelError::InvalidInput("this bundle has no reading stage".into())
+        })?;
+        let started = Instant::now();
+        let lines = reader.read(image);
+        metrics().model_call("reader", 1, started.elapsed().as_secs_f64());
+        Ok(lines?
+            .into_iter()
+            .filter(|line| line.confidence >= min_confidence)
+            .map(|line| line.text)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
     /// Moves what is queued now into `batch`, up to a bound per pass.
     fn drain_queue(&mut self, batch: &mut Vec<Job>) {
         while batch.len() < 1024 {
@@ -335,6 +404,12 @@ impl Engine {
                     let started = Instant::now();
                     let _ = reply.send(self.bundle.embed_text(&text));
                     metrics().model_call("text_encoder", 1, started.elapsed().as_secs_f64());
+                }
+                Job::Transcribe { pcm, deltas, reply } => {
+                    let _ = reply.send(self.transcribe(&pcm, &deltas));
+                }
+                Job::ReadText { image, reply } => {
+                    let _ = reply.send(self.read_text(&image));
                 }
                 Job::Generate(request) => generate.push(request),
             }
@@ -463,8 +538,8 @@ impl Engine {
             sampler: Sampler::new(request.sampling),
             detok: IncrementalDecoder::new(),
             stops: StopMatcher::new(&self.bundle.manifest.generation.stop),
-            next: RowInput::Embeds(prefix.embeds),
-            next_modality: prefix.modality,
+            next_modality: prefix.modality.clone(),
+            next: prefix.into_input(),
             max_new_tokens,
             cancel: request.cancel,
             events: request.events,

@@ -29,7 +29,7 @@ pub enum WarmupError {
 }
 
 /// Embeds a short text and generates two tokens from it, with every other modality
-/// filled by its null embedding.
+/// filled by its null embedding; a cascade's stages each run once first.
 pub async fn run(engine: &EngineHandle) -> Result<Duration, WarmupError> {
     let started = Instant::now();
     tokio::time::timeout(WARMUP_TIMEOUT, generate(engine))
@@ -39,15 +39,39 @@ pub async fn run(engine: &EngineHandle) -> Result<Duration, WarmupError> {
 }
 
 async fn generate(engine: &EngineHandle) -> Result<(), WarmupError> {
-    let (tx, rx) = oneshot::channel();
-    engine.submit(Job::EmbedText {
-        text: "warm up".into(),
-        reply: tx,
-    })?;
-    let embeds = rx.await.map_err(|_| WarmupError::Stopped)??;
-
+    let info = engine.info().clone();
     let mut turn = TurnEmbeddings::default();
-    turn.by_modality.insert(Modality::Text, embeds);
+    if info.text_prompt {
+        turn.texts.insert(Modality::Text, "warm up".into());
+    } else {
+        let (tx, rx) = oneshot::channel();
+        engine.submit(Job::EmbedText {
+            text: "warm up".into(),
+            reply: tx,
+        })?;
+        let embeds = rx.await.map_err(|_| WarmupError::Stopped)??;
+        turn.by_modality.insert(Modality::Text, embeds);
+    }
+    // Each stage runs once too: half a second of quiet, a blank frame.
+    if info.transcribes {
+        let (deltas, _quiet) = mpsc::channel(64);
+        let (tx, rx) = oneshot::channel();
+        engine.submit(Job::Transcribe {
+            pcm: vec![0.0; 8000],
+            deltas,
+            reply: tx,
+        })?;
+        rx.await.map_err(|_| WarmupError::Stopped)??;
+    }
+    if info.reads {
+        let (tx, rx) = oneshot::channel();
+        engine.submit(Job::ReadText {
+            image: image::RgbImage::from_pixel(64, 64, image::Rgb([255, 255, 255])),
+            reply: tx,
+        })?;
+        rx.await.map_err(|_| WarmupError::Stopped)??;
+    }
+
     let policies = BTreeMap::from([
         (Modality::Image, FillPolicy::Null),
         (Modality::Audio, FillPolicy::Null),

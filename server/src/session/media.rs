@@ -32,9 +32,76 @@ impl SessionActor {
             audio: None,
             transcript: None,
         }]);
-        item.id = Some(item_id);
+        item.id = Some(item_id.clone());
         self.add_item(item);
+        if self.engine.info().transcribes {
+            let pcm = std::mem::take(&mut self.buffer_pcm);
+            self.transcribe_item(&item_id, pcm).await;
+        }
         Ok(())
+    }
+
+    /// Transcribes a user audio item with the bundle's speech stage, streaming the
+    /// transcript as `input_audio_transcription` events. A failure is reported for the
+    /// item (`.failed`) and leaves the turn without that transcript.
+    pub(super) async fn transcribe_item(&mut self, item_id: &str, pcm: Vec<f32>) {
+        let (deltas_tx, mut deltas) = mpsc::channel(256);
+        let (tx, mut rx) = oneshot::channel();
+        let job = Job::Transcribe {
+            pcm,
+            deltas: deltas_tx,
+            reply: tx,
+        };
+        let result = match self.engine.submit(job) {
+            Err(err) => Err(submit_error(err)),
+            Ok(()) => loop {
+                tokio::select! {
+                    Some(delta) = deltas.recv() => self.emit_transcription_delta(item_id, delta),
+                    reply = &mut rx => {
+                        // Pieces sent just before the reply still go out first.
+                        while let Ok(delta) = deltas.try_recv() {
+                            self.emit_transcription_delta(item_id, delta);
+                        }
+                        break match reply {
+                            Ok(Ok(text)) => Ok(text),
+                            Ok(Err(err)) => Err(model_error(err)),
+                            Err(_) => Err(internal("the engine dropped the transcription")),
+                        };
+                    }
+                }
+            },
+        };
+        match result {
+            Ok(transcript) => {
+                self.emit(ServerEvent::TranscriptionCompleted(TranscriptionCompleted {
+                    event_id: new_event_id(),
+                    item_id: item_id.to_string(),
+                    content_index: 0,
+                    transcript: transcript.clone(),
+                }));
+                if !transcript.trim().is_empty() {
+                    self.turn_transcripts.push(transcript);
+                }
+            }
+            Err(err) => {
+                metrics().error(err.code);
+                self.emit(ServerEvent::TranscriptionFailed(TranscriptionFailed {
+                    event_id: new_event_id(),
+                    item_id: item_id.to_string(),
+                    content_index: 0,
+                    error: ErrorDetail::from_protocol_error(&err),
+                }));
+            }
+        }
+    }
+
+    fn emit_transcription_delta(&mut self, item_id: &str, delta: String) {
+        self.emit(ServerEvent::TranscriptionDelta(TranscriptionDelta {
+            event_id: new_event_id(),
+            item_id: item_id.to_string(),
+            content_index: 0,
+            delta,
+        }));
     }
 
     pub(super) fn add_item(&mut self, mut item: Item) {
@@ -108,28 +175,43 @@ impl SessionActor {
                 }
             }
         }
-        for pcm in audio_pcm {
-            self.encode_audio_item(&pcm).await?;
-        }
-        self.turn_text.extend(texts);
-        if let Some(embeds) = image {
-            self.image = Some(ImageState {
-                embeds,
-                at: Instant::now(),
-                fresh: true,
-            });
-        }
         let mut item = item;
         if create.previous_item_id.is_some() {
             tracing::debug!("previous_item_id is ignored; items are appended");
         }
-        item.id = item.id.or_else(|| Some(new_id("item")));
+        let item_id = item.id.clone().unwrap_or_else(|| new_id("item"));
+        item.id = Some(item_id.clone());
+        let transcribes = self.engine.info().transcribes;
+        if !transcribes {
+            for pcm in &audio_pcm {
+                self.encode_audio_item(pcm, &item_id).await?;
+            }
+        }
+        self.turn_text.extend(texts);
+        if let Some((embeds, text)) = image {
+            self.image = Some(ImageState {
+                embeds,
+                text,
+                at: Instant::now(),
+                fresh: true,
+            });
+        }
         self.add_item(item);
+        // A transcript follows its item, as the realtime API orders them.
+        if transcribes {
+            for pcm in &audio_pcm {
+                self.encode_audio_item(pcm, &item_id).await?;
+            }
+        }
         Ok(())
     }
 
     /// Encodes a whole audio clip from an item, apart from the live buffer.
-    pub(super) async fn encode_audio_item(&mut self, pcm: &[u8]) -> Result<(), ProtocolError> {
+    pub(super) async fn encode_audio_item(
+        &mut self,
+        pcm: &[u8],
+        item_id: &str,
+    ) -> Result<(), ProtocolError> {
         let info = self.engine.info().clone();
         let (Some(rate), Some(chunker)) = (info.audio_sample_rate, info.audio_chunker) else {
             return Err(no_audio());
@@ -138,6 +220,12 @@ impl SessionActor {
         let limit = self.session.mmrt.limits.max_audio_buffer_ms;
         let mut chunks = ingest.push_pcm16(pcm, limit)?.chunks;
         chunks.extend(ingest.commit().unwrap_or_default());
+        if info.transcribes {
+            let pcm: Vec<f32> = chunks.into_iter().flatten().collect();
+            let item_id = item_id.to_string();
+            self.transcribe_item(&item_id, pcm).await;
+            return Ok(());
+        }
         let mut state = info
             .audio_state
             .ok_or_else(|| internal("audio stream state missing"))?;
@@ -192,22 +280,24 @@ impl SessionActor {
                 .inc();
             return Ok(());
         }
-        let embeds = self.encode_image(format, bytes, size).await?;
+        let (embeds, text) = self.encode_image(format, bytes, size).await?;
         self.image = Some(ImageState {
             embeds,
+            text,
             at: Instant::now(),
             fresh: true,
         });
         Ok(())
     }
 
-    /// Decodes and preprocesses off the async workers, then encodes in the engine.
+    /// Decodes and preprocesses off the async workers, then encodes in the engine: the
+    /// image's embeddings, or for a bundle with a reading stage, the text read in it.
     pub(super) async fn encode_image(
         &mut self,
         format: ImageFormat,
         bytes: Vec<u8>,
         size: Option<(u32, u32)>,
-    ) -> Result<Vec<f32>, ProtocolError> {
+    ) -> Result<(Vec<f32>, String), ProtocolError> {
         let limits = &self.session.mmrt.limits;
         if bytes.len() as u64 > limits.max_image_bytes {
             return Err(ProtocolError::new(
@@ -215,16 +305,16 @@ impl SessionActor {
                 format!("images are limited to {} bytes", limits.max_image_bytes),
             ));
         }
-        let pre = self
-            .engine
-            .info()
-            .image_preprocessor
-            .clone()
-            .ok_or_else(|| {
-                ProtocolError::new(ErrorCode::Unsupported, "this bundle takes no images")
-            })?;
+        let reads = self.engine.info().reads;
+        let pre = self.engine.info().image_preprocessor.clone();
+        if pre.is_none() && !reads {
+            return Err(ProtocolError::new(
+                ErrorCode::Unsupported,
+                "this bundle takes no images",
+            ));
+        }
         let max_side = limits.max_image_dimension;
-        let pixels = tokio::task::spawn_blocking(move || {
+        let decoded = tokio::task::spawn_blocking(move || {
             let image = match format {
                 ImageFormat::RawRgb => {
                     let (w, h) = size.ok_or_else(|| {
@@ -243,13 +333,29 @@ impl SessionActor {
                     image.height()
                 )));
             }
-            Ok(pre.preprocess(&image))
+            Ok(match &pre {
+                Some(pre) => Err(pre.preprocess(&image)),
+                None => Ok(image),
+            })
         })
         .await
         .map_err(|_| internal("image decoding task failed"))?
         .map_err(|e| ProtocolError::new(ErrorCode::InvalidImage, e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        self.call_engine(Job::EncodeImage { pixels, reply: tx }, rx)
-            .await
+        match decoded {
+            Err(pixels) => {
+                let (tx, rx) = oneshot::channel();
+                let embeds = self
+                    .call_engine(Job::EncodeImage { pixels, reply: tx }, rx)
+                    .await?;
+                Ok((embeds, String::new()))
+            }
+            Ok(image) => {
+                let (tx, rx) = oneshot::channel();
+                let text = self
+                    .call_engine(Job::ReadText { image, reply: tx }, rx)
+                    .await?;
+                Ok((Vec::new(), text))
+            }
+        }
     }
 }

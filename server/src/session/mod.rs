@@ -23,7 +23,8 @@ use mmrt_protocol::response::{
 use mmrt_protocol::server::{
     ContentPartEvent, ConversationItemEvent, InputAudioBufferCleared, InputAudioBufferCommitted,
     ModalityReportEvent, OutputItemEvent, OutputTextDelta, OutputTextDone, ResponseEvent,
-    SessionClosingEvent, SessionEvent, SpeechStarted, SpeechStopped,
+    ErrorDetail, SessionClosingEvent, SessionEvent, SpeechStarted, SpeechStopped,
+    TranscriptionCompleted, TranscriptionDelta, TranscriptionFailed,
 };
 use mmrt_protocol::session::{FillPolicy, TurnDetection};
 use mmrt_protocol::{
@@ -68,6 +69,8 @@ pub enum Outbound {
 /// The latest image or frame, encoded.
 struct ImageState {
     embeds: Vec<f32>,
+    /// For a bundle with a reading stage: the text read in the image.
+    text: String,
     at: Instant,
     /// Arrived since the last response.
     fresh: bool,
@@ -89,6 +92,8 @@ struct ActiveResponse {
     last_delta_at: Option<Instant>,
     /// `response` span (child of the session's), entered for everything logged about it.
     span: tracing::Span,
+    /// For text-prompt bundles: what the user said this turn, kept for the history.
+    user_text: String,
 }
 
 pub struct SessionActor {
@@ -99,7 +104,13 @@ pub struct SessionActor {
     audio_state: Option<AudioStreamState>,
     /// Embeddings of the uncommitted audio buffer, encoded as it arrived.
     buffer_embeds: Vec<f32>,
+    /// For a bundle with a transcription stage: the uncommitted audio as model-rate PCM.
+    buffer_pcm: Vec<f32>,
     buffer_item_id: Option<String>,
+    /// Transcripts of the audio committed since the last response.
+    turn_transcripts: Vec<String>,
+    /// Earlier (user, assistant) exchanges, for bundles that read a text prompt.
+    history: std::collections::VecDeque<(String, String)>,
     /// Audio committed since the last response.
     turn_audio: Vec<f32>,
     turn_text: Vec<String>,
@@ -138,7 +149,10 @@ impl SessionActor {
             engine,
             out,
             buffer_embeds: Vec::new(),
+            buffer_pcm: Vec::new(),
             buffer_item_id: None,
+            turn_transcripts: Vec::new(),
+            history: std::collections::VecDeque::new(),
             turn_audio: Vec::new(),
             turn_text: Vec::new(),
             image: None,
@@ -342,6 +356,7 @@ impl SessionActor {
                     audio.clear();
                 }
                 self.buffer_embeds.clear();
+                self.buffer_pcm.clear();
                 self.buffer_item_id = None;
                 self.audio_state = self.engine.info().audio_state.clone();
                 self.emit(ServerEvent::InputAudioBufferCleared(
@@ -464,6 +479,13 @@ impl SessionActor {
     }
 
     async fn encode_chunks(&mut self, chunks: Vec<Vec<f32>>) -> Result<(), ProtocolError> {
+        if self.engine.info().transcribes {
+            // Kept as PCM: the transcription stage hears the utterance whole.
+            for chunk in chunks {
+                self.buffer_pcm.extend(chunk);
+            }
+            return Ok(());
+        }
         for chunk in chunks {
             let state = self
                 .audio_state

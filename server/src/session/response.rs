@@ -25,7 +25,21 @@ impl SessionActor {
         // What this turn holds, and how each missing modality is filled.
         let mut turn = TurnEmbeddings::default();
         let mut report = Vec::new();
-        if !self.turn_text.is_empty() {
+        let mut policies = BTreeMap::new();
+        let fill = self.session.mmrt.fill_policy.clone();
+        let max_age = Duration::from_millis(self.session.mmrt.max_age_ms);
+        let text_prompt = self.engine.info().text_prompt;
+        if text_prompt {
+            // A cascade: every modality arrives as text.
+            if !self.turn_text.is_empty() {
+                turn.texts.insert(Modality::Text, self.turn_text.join("\n"));
+            }
+            if !self.turn_transcripts.is_empty() {
+                turn.texts
+                    .insert(Modality::Audio, self.turn_transcripts.join(" "));
+            }
+            turn.history = self.history.iter().cloned().collect();
+        } else if !self.turn_text.is_empty() {
             let text = self.turn_text.join(" ");
             let (tx, rx) = oneshot::channel();
             let embeds = self
@@ -33,14 +47,11 @@ impl SessionActor {
                 .await?;
             turn.by_modality.insert(Modality::Text, embeds);
         }
-        let mut policies = BTreeMap::new();
-        let fill = self.session.mmrt.fill_policy.clone();
-        let max_age = Duration::from_millis(self.session.mmrt.max_age_ms);
         let image_state = match &self.image {
             Some(image) if image.fresh => {
                 turn.by_modality
                     .insert(Modality::Image, image.embeds.clone());
-                Some((ModalityStatus::Present, None, None))
+                Some((ModalityStatus::Present, None, None, image.text.clone()))
             }
             Some(image) if fill.image == FillPolicy::LastKnown && image.at.elapsed() <= max_age => {
                 turn.by_modality
@@ -50,10 +61,19 @@ impl SessionActor {
                     ModalityStatus::Stale,
                     Some(FillPolicy::LastKnown),
                     Some(age),
+                    image.text.clone(),
                 ))
             }
             _ => None,
         };
+        if text_prompt {
+            turn.by_modality.remove(&Modality::Image);
+            if let Some((_, _, _, text)) = &image_state {
+                if !text.trim().is_empty() {
+                    turn.texts.insert(Modality::Image, text.clone());
+                }
+            }
+        }
         if !self.turn_audio.is_empty() {
             // Copied, not taken: if the engine refuses the job the turn stays intact.
             turn.by_modality
@@ -62,6 +82,14 @@ impl SessionActor {
         policies.insert(Modality::Image, to_model_fill(fill.image));
         policies.insert(Modality::Audio, to_model_fill(fill.audio));
         policies.insert(Modality::Text, ModelFill::Null);
+        // What the user said this turn, as the history will remember it.
+        let user_text = [Modality::Image, Modality::Audio, Modality::Text]
+            .iter()
+            .filter_map(|m| turn.texts.get(m))
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
 
         let cancel = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = mpsc::channel(256);
@@ -85,10 +113,11 @@ impl SessionActor {
         // The turn is consumed.
         self.turn_text.clear();
         self.turn_audio.clear();
+        self.turn_transcripts.clear();
         if let Some(image) = self.image.as_mut() {
             image.fresh = false;
         }
-        if let Some((status, fill, age)) = image_state {
+        if let Some((status, fill, age, _)) = image_state {
             report.push(ModalityState {
                 modality: InputModality::Image,
                 status,
@@ -140,6 +169,7 @@ impl SessionActor {
             requested_at: Instant::now(),
             last_delta_at: None,
             span,
+            user_text,
         });
         Ok(())
     }
@@ -260,6 +290,18 @@ impl SessionActor {
         };
         let text = response.text.clone();
         let ids = (response.id.clone(), response.item_id.clone());
+        // The exchange joins the history the next prompts are written with.
+        if self.engine.info().text_prompt
+            && status != ResponseStatus::Failed
+            && !(response.user_text.is_empty() && text.is_empty())
+        {
+            let max = self.session.mmrt.limits.max_items.max(1) as usize;
+            if self.history.len() >= max {
+                self.history.pop_front();
+            }
+            self.history
+                .push_back((response.user_text.clone(), text.clone()));
+        }
         self.emit(ServerEvent::OutputTextDone(OutputTextDone {
             event_id: new_event_id(),
             response_id: ids.0.clone(),
