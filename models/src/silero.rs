@@ -115,7 +115,11 @@ impl SileroVad {
 
     /// Appends 16 kHz mono samples to `stream` and returns the speech probability of
     /// each window they complete, oldest first; the remainder waits for the next call.
-    pub fn push(&mut self, stream: &mut VadStream, samples: &[f32]) -> Result<Vec<f32>, ModelError> {
+    pub fn push(
+        &mut self,
+        stream: &mut VadStream,
+        samples: &[f32],
+    ) -> Result<Vec<f32>, ModelError> {
         let mut streams = [stream];
         let mut out = self.push_batch(&mut streams, &[samples])?;
         Ok(out.pop().unwrap_or_default())
@@ -135,7 +139,11 @@ impl SileroVad {
                 samples.len()
             )));
         }
-        if let Some(bad) = samples.iter().flat_map(|s| s.iter()).find(|v| !v.is_finite()) {
+        if let Some(bad) = samples
+            .iter()
+            .flat_map(|s| s.iter())
+            .find(|v| !v.is_finite())
+        {
             return Err(ModelError::InvalidInput(format!(
                 "audio sample {bad} is not a finite number"
             )));

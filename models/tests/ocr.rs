@@ -17,7 +17,9 @@ fn font() -> Option<FontVec> {
     match std::fs::read(FONT) {
         Ok(bytes) => Some(FontVec::try_from_vec(bytes).expect("a valid TrueType font")),
         Err(e) => {
-            eprintln!("skipping: the test font {FONT} is not readable ({e}); install fonts-dejavu-core");
+            eprintln!(
+                "skipping: the test font {FONT} is not readable ({e}); install fonts-dejavu-core"
+            );
             None
         }
     }
@@ -30,7 +32,13 @@ fn reader() -> OcrReader {
 /// One line of text to draw: text, left, top, pixel size, colour.
 struct Draw<'a>(&'a str, i32, i32, f32, [u8; 3]);
 
-fn render(font: &FontVec, width: u32, height: u32, background: [u8; 3], lines: &[Draw]) -> RgbImage {
+fn render(
+    font: &FontVec,
+    width: u32,
+    height: u32,
+    background: [u8; 3],
+    lines: &[Draw],
+) -> RgbImage {
     let mut image = RgbImage::from_pixel(width, height, Rgb(background));
     for Draw(text, x, y, size, colour) in lines {
         draw_text_mut(&mut image, Rgb(*colour), *x, *y, *size, font, text);
@@ -184,10 +192,9 @@ fn lines_carry_boxes_and_confidences() {
         }
     }
     let (left, top, right, bottom) = line.bbox.bounds();
-    let margin = |outer: f32, inner: u32| outer - inner as f32;
     for (name, gap) in [
-        ("left", margin(ink_left as f32, 0) - left),
-        ("top", margin(ink_top as f32, 0) - top),
+        ("left", ink_left as f32 - left),
+        ("top", ink_top as f32 - top),
         ("right", right - ink_right as f32),
         ("bottom", bottom - ink_bottom as f32),
     ] {
@@ -227,7 +234,9 @@ fn odd_images_do_not_panic() {
             let v = ((x * 37 + y * 91) % 256) as u8;
             Rgb([v, 255 - v, v / 2])
         });
-        reader.read(&image).expect("odd sizes are read, perhaps as nothing");
+        reader
+            .read(&image)
+            .expect("odd sizes are read, perhaps as nothing");
     }
     let blank = RgbImage::from_pixel(640, 480, Rgb([255, 255, 255]));
     assert!(reader.read(&blank).expect("blank").is_empty());

@@ -96,7 +96,10 @@ fn silence_is_low_speech_is_high_and_onsets_are_close() {
         for (i, p) in probabilities.iter().enumerate() {
             let (from, to) = (window_start(i), window_start(i + 1));
             if to <= 1.0 || from >= recording_end.max(end + 0.3) {
-                assert!(*p < 0.1, "{name}: window at {from:.3}s scored {p:.3} in silence");
+                assert!(
+                    *p < 0.1,
+                    "{name}: window at {from:.3}s scored {p:.3} in silence"
+                );
             }
         }
 
