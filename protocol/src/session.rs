@@ -314,6 +314,41 @@ impl Default for SessionLimits {
     }
 }
 
+/// The detector that runs `server_vad` turn detection, chosen by the server operator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VadModel {
+    /// Loudness: `threshold` maps onto -55..-15 dBFS.
+    #[default]
+    Energy,
+    /// The Silero VAD model: `threshold` is its speech probability.
+    Silero,
+}
+
+impl VadModel {
+    /// The name used on the wire and in the server's configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VadModel::Energy => "energy",
+            VadModel::Silero => "silero",
+        }
+    }
+}
+
+impl std::str::FromStr for VadModel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "energy" => Ok(VadModel::Energy),
+            "silero" => Ok(VadModel::Silero),
+            other => Err(format!(
+                "unknown VAD model `{other}`; expected energy or silero"
+            )),
+        }
+    }
+}
+
 /// The resolved `mmrt` extension of a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MmrtSession {
@@ -327,6 +362,10 @@ pub struct MmrtSession {
     pub video: VideoConfig,
     /// Per-session caps.
     pub limits: SessionLimits,
+    /// The detector behind `server_vad` on this server (read-only; absent from servers
+    /// older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vad_model: Option<VadModel>,
 }
 
 /// Audio input settings of a session update.
@@ -483,6 +522,7 @@ impl Session {
                     max_frames: 8.min(limits.max_frames),
                 },
                 limits,
+                vad_model: None,
             },
         }
     }

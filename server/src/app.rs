@@ -26,11 +26,14 @@ use crate::engine::EngineHandle;
 use crate::limits::ServerLimits;
 use crate::metrics::metrics;
 use crate::session::{Inbound, Outbound, SessionActor};
+use crate::vad_thread::VadHandle;
 
 /// What every connection shares.
 #[derive(Clone)]
 pub struct AppState {
     pub engine: EngineHandle,
+    /// The Silero VAD thread, when the server runs `--vad-model silero`.
+    pub vad: Option<VadHandle>,
     pub limits: SessionLimits,
     pub server_limits: ServerLimits,
     pub max_sessions: usize,
@@ -264,7 +267,8 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
         state.limits.clone(),
         out_tx,
     )
-    .with_server_limits(&limits, state.drain);
+    .with_server_limits(&limits, state.drain)
+    .with_vad_model(state.vad.clone());
     let actor_task = {
         let connection = connection.clone();
         let shutdown = state.shutdown.clone();

@@ -71,7 +71,8 @@ macro_rules! options {
 options! {
     /// Address to listen on [default: 127.0.0.1:8080].
     listen: SocketAddr = "MMRT_LISTEN",
-    /// Model bundle folder [default: the built-in tiny bundle].
+    /// Model bundle folder, or the name of one installed in the cache's `bundles/`
+    /// [default: the built-in tiny bundle].
     bundle: PathBuf = "MMRT_BUNDLE",
     /// Execution provider: cpu, cuda, tensorrt or auto [default: cpu].
     execution_provider: String = "MMRT_EXECUTION_PROVIDER",
@@ -135,6 +136,8 @@ options! {
     tls_key: PathBuf = "MMRT_TLS_KEY",
     /// Seconds a new connection gets to finish TLS and send its request headers [default: 10].
     handshake_timeout_seconds: f64 = "MMRT_HANDSHAKE_TIMEOUT_SECONDS",
+    /// Detector behind server_vad turns: energy or silero (the Silero VAD model, fetched once) [default: energy].
+    vad_model: String = "MMRT_VAD_MODEL",
 }
 
 /// How logs are written.
@@ -172,6 +175,8 @@ pub struct Settings {
     /// Certificate chain and key files, both or neither.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub handshake_timeout: Duration,
+    /// The detector behind `server_vad` turns.
+    pub vad_model: mmrt_protocol::session::VadModel,
 }
 
 /// API keys, kept out of `Debug` output and logs.
@@ -274,6 +279,14 @@ impl Options {
                 ))
             }
         };
+        let vad_text = self.vad_model.unwrap_or_else(|| "energy".into());
+        let vad_model = vad_text.parse().map_err(|e: String| {
+            invalid(
+                name("vad-model", "MMRT_VAD_MODEL", "vad_model"),
+                &vad_text,
+                e,
+            )
+        })?;
         let listen = match self.listen {
             Some(addr) => addr,
             None => mmrt_protocol::DEFAULT_ADDR
@@ -444,9 +457,12 @@ impl Options {
             })
             .unwrap_or_default();
 
+        let bundle = self
+            .bundle
+            .map(|b| resolve_bundle(b, self.cache_dir.as_deref()));
         Ok(Settings {
             listen,
-            bundle: self.bundle,
+            bundle,
             execution_provider,
             ort_library: self.ort_library,
             ort_flavour,
@@ -547,8 +563,24 @@ impl Options {
             allowed_origins,
             tls,
             handshake_timeout,
+            vad_model,
         })
     }
+}
+
+/// A bare name (`assistant-en`) that is no folder in the working directory means the
+/// bundle installed under that name: `<cache>/bundles/<name>`. Anything else is a path.
+fn resolve_bundle(path: PathBuf, cache_dir: Option<&Path>) -> PathBuf {
+    let mut parts = path.components();
+    let bare = matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    );
+    if !bare || path.exists() {
+        return path;
+    }
+    let cache = cache_dir.map_or_else(mmrt_models::runtime::default_cache_dir, Path::to_path_buf);
+    cache.join("bundles").join(path)
 }
 
 fn read_file(path: &Path) -> Result<Options, ConfigError> {
@@ -640,6 +672,29 @@ mod tests {
     }
 
     #[test]
+    fn the_vad_model_is_checked() {
+        use mmrt_protocol::session::VadModel;
+        let settings = Options::default().resolve(None).expect("valid");
+        assert_eq!(settings.vad_model, VadModel::Energy);
+        let path = write_temp("c.toml", "vad_model = \"silero\"\n");
+        let options = Options {
+            config: Some(path.clone()),
+            ..Options::default()
+        };
+        let settings = options.resolve(None).expect("valid");
+        assert_eq!(settings.vad_model, VadModel::Silero);
+        let _ = std::fs::remove_file(path);
+        let options = Options {
+            vad_model: Some("webrtc".into()),
+            ..Options::default()
+        };
+        let text = options.resolve(None).expect_err("unknown").to_string();
+        assert!(text.contains("--vad-model webrtc"), "{text}");
+        assert!(text.contains("MMRT_VAD_MODEL"), "{text}");
+        assert!(text.contains("energy or silero"), "{text}");
+    }
+
+    #[test]
     fn tls_needs_both_files() {
         let options = Options {
             tls_cert: Some("cert.pem".into()),
@@ -648,6 +703,29 @@ mod tests {
         let text = options.resolve(None).expect_err("no key").to_string();
         assert!(text.contains("--tls-cert cert.pem"), "{text}");
         assert!(text.contains("--tls-key"), "{text}");
+    }
+
+    #[test]
+    fn bare_bundle_names_resolve_to_the_cache() {
+        let cache = Path::new("/var/cache/mmrt-test");
+        let options = Options {
+            bundle: Some("assistant-en".into()),
+            cache_dir: Some(cache.into()),
+            ..Options::default()
+        };
+        let settings = options.resolve(None).expect("valid");
+        assert_eq!(
+            settings.bundle.as_deref(),
+            Some(cache.join("bundles/assistant-en").as_path())
+        );
+
+        // Paths, and names that exist where the server starts, are left as they are.
+        for given in ["./assistant-en", "bundles/tiny", "/opt/b", "src"] {
+            assert_eq!(
+                resolve_bundle(given.into(), Some(cache)),
+                PathBuf::from(given)
+            );
+        }
     }
 
     #[test]

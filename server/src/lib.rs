@@ -7,7 +7,9 @@
 //! - [`app`]: HTTP routes, the WebSocket receive and send tasks, the session registry.
 //! - [`session`]: the session actor, owner of one connection's state.
 //! - [`ingest`]: audio decode, resampling, chunking; video frame sampling.
-//! - [`vad`]: energy-based turn detection.
+//! - [`vad`]: turn detection: the speech/silence state machine, fed by loudness or by
+//!   the Silero VAD model's scores.
+//! - [`vad_thread`]: the dedicated Silero VAD thread, batching windows across sessions.
 //! - [`engine`]: the dedicated model thread, batching work across sessions.
 //! - [`warmup`]: the generation run at start before `/readyz` says ready.
 //! - [`config`]: flags, environment and the TOML file, checked at start.
@@ -25,4 +27,5 @@ pub mod listener;
 pub mod metrics;
 pub mod session;
 pub mod vad;
+pub mod vad_thread;
 pub mod warmup;

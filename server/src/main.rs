@@ -6,14 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mmrt_models::{Bundle, RuntimeConfig};
+use mmrt_models::{Bundle, RuntimeConfig, SileroVad};
+use mmrt_protocol::session::VadModel;
 use mmrt_server::app::{router, AppState};
 use mmrt_server::auth::Auth;
 use mmrt_server::config::{LogFormat, Options, Settings};
 use mmrt_server::limits::ServerLimits;
+use mmrt_server::vad_thread::{self, VadHandle};
 use mmrt_server::{engine, listener, warmup};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod models_command;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,13 +33,16 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the realtime WebSocket API (the default command).
-    Serve(Options),
+    Serve(Box<Options>),
+    /// List and install model bundles.
+    Models(models_command::ModelsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let options = match cli.command {
-        Some(Command::Serve(options)) => options,
+        Some(Command::Serve(options)) => *options,
+        Some(Command::Models(args)) => return models_command::run(args),
         None => {
             #[derive(Parser)]
             struct Bare {
@@ -78,10 +85,21 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         .bundle
         .clone()
         .unwrap_or_else(mmrt_models::default_bundle_dir);
+    if !bundle_dir.exists() {
+        anyhow::bail!(
+            "--bundle {}: no such folder; `mmrt models list` shows the installed bundles \
+             and `mmrt models install assistant-en` installs the pretrained one",
+            bundle_dir.display()
+        );
+    }
     let bundle = Bundle::load(&bundle_dir, &runtime)
         .with_context(|| format!("loading the bundle in {}", bundle_dir.display()))?;
     tracing::info!(bundle = %bundle.manifest.name, dir = %bundle_dir.display(), "bundle loaded");
     let engine = engine::start(bundle, settings.engine.clone());
+    let vad = match settings.vad_model {
+        VadModel::Energy => None,
+        VadModel::Silero => Some(start_silero(&runtime, settings.max_sessions)?),
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,6 +108,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     rt.block_on(async move {
         let state = AppState {
             engine: engine.clone(),
+            vad,
             limits: settings.limits.clone(),
             server_limits: ServerLimits {
                 max_frames_per_second: settings.max_frames_per_second,
@@ -171,6 +190,21 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         server.abort();
         Ok(())
     })
+}
+
+/// Loads the Silero VAD model (fetched once from its pinned package into the cache) and
+/// starts its thread. Each session has at most one job queued, so the session limit
+/// bounds the queue.
+fn start_silero(runtime: &RuntimeConfig, max_sessions: usize) -> anyhow::Result<VadHandle> {
+    let mut config = runtime.clone();
+    // A window is a tiny graph; more threads per call only add overhead.
+    config.intra_threads = 1;
+    let model = SileroVad::load_pinned(&config).context(
+        "--vad-model silero (env MMRT_VAD_MODEL, config key `vad_model`): loading the \
+         Silero VAD model failed; fix the cause below or choose --vad-model energy",
+    )?;
+    tracing::info!(file = model.graph().file(), "silero vad loaded");
+    vad_thread::start(model, max_sessions).context("starting the mmrt-vad thread")
 }
 
 async fn wait_for_signal() {

@@ -21,12 +21,12 @@ use mmrt_protocol::response::{
     InputModality, ModalityState, ModalityStatus, ResponseExt, StatusDetails, StatusReason,
 };
 use mmrt_protocol::server::{
-    ContentPartEvent, ConversationItemEvent, InputAudioBufferCleared, InputAudioBufferCommitted,
-    ModalityReportEvent, OutputItemEvent, OutputTextDelta, OutputTextDone, ResponseEvent,
-    ErrorDetail, SessionClosingEvent, SessionEvent, SpeechStarted, SpeechStopped,
+    ContentPartEvent, ConversationItemEvent, ErrorDetail, InputAudioBufferCleared,
+    InputAudioBufferCommitted, ModalityReportEvent, OutputItemEvent, OutputTextDelta,
+    OutputTextDone, ResponseEvent, SessionClosingEvent, SessionEvent, SpeechStarted, SpeechStopped,
     TranscriptionCompleted, TranscriptionDelta, TranscriptionFailed,
 };
-use mmrt_protocol::session::{FillPolicy, TurnDetection};
+use mmrt_protocol::session::{FillPolicy, TurnDetection, VadModel};
 use mmrt_protocol::{
     decode_frame, new_event_id, new_id, parse_client_event, ClientEvent, ContentPart, DataUrlImage,
     ErrorCode, ImageFormat, Item, ProtocolError, Response, ResponseStatus, Role, ServerEvent,
@@ -36,10 +36,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{EngineHandle, GenerateRequest, GenerationEvent, Job, SubmitError};
-use crate::ingest::{AudioIngest, FrameSampler};
+use crate::ingest::{AudioIngest, AudioOutcome, FrameSampler};
 use crate::limits::{RateLimiter, ServerLimits};
 use crate::metrics::metrics;
-use crate::vad::{VadConfig, VadEvent};
+use crate::vad::{ScoreRequest, VadConfig, VadEvent};
+use crate::vad_thread::VadHandle;
 
 mod media;
 mod response;
@@ -99,6 +100,8 @@ struct ActiveResponse {
 pub struct SessionActor {
     session: Session,
     engine: EngineHandle,
+    /// The Silero VAD thread when the server runs it; `None` runs the energy detector.
+    vad: Option<VadHandle>,
     out: mpsc::Sender<Outbound>,
     audio: Option<AudioIngest>,
     audio_state: Option<AudioStreamState>,
@@ -142,11 +145,13 @@ impl SessionActor {
         session.temperature = info.temperature;
         session.max_output_tokens =
             mmrt_protocol::session::MaxTokens::Count(info.max_new_tokens as u32);
+        session.mmrt.vad_model = Some(VadModel::Energy);
         let mut actor = SessionActor {
             session,
             audio: None,
             audio_state: info.audio_state.clone(),
             engine,
+            vad: None,
             out,
             buffer_embeds: Vec::new(),
             buffer_pcm: Vec::new(),
@@ -176,13 +181,29 @@ impl SessionActor {
         self
     }
 
+    /// Runs server VAD turns on the Silero model through `vad` (when given) instead of
+    /// the energy detector.
+    pub fn with_vad_model(mut self, vad: Option<VadHandle>) -> SessionActor {
+        let model = if vad.is_some() {
+            VadModel::Silero
+        } else {
+            VadModel::Energy
+        };
+        self.vad = vad;
+        self.session.mmrt.vad_model = Some(model);
+        self.audio = self.build_audio_ingest().ok().flatten();
+        self
+    }
+
     fn build_audio_ingest(&self) -> Result<Option<AudioIngest>, ProtocolError> {
         let info = self.engine.info();
         let (Some(rate), Some(chunker)) = (info.audio_sample_rate, info.audio_chunker.clone())
         else {
             return Ok(None);
         };
-        AudioIngest::new(self.session.input_rate(), rate, chunker, self.vad_config()).map(Some)
+        let model = self.session.mmrt.vad_model.unwrap_or_default();
+        let (input_rate, vad) = (self.session.input_rate(), self.vad_config());
+        AudioIngest::with_vad_model(input_rate, rate, chunker, vad, model).map(Some)
     }
 
     fn vad_config(&self) -> Option<(VadConfig, u32)> {
@@ -428,7 +449,12 @@ impl SessionActor {
         metrics().ingest("audio", bytes.len());
         let max_ms = self.session.mmrt.limits.max_audio_buffer_ms;
         let audio = self.audio.as_mut().ok_or_else(no_audio)?;
-        let outcome = audio.push_pcm16(bytes, max_ms)?;
+        let mut outcome = audio.push_pcm16(bytes, max_ms)?;
+        // With the Silero detector the audio waits in the ingest for the model's verdict;
+        // this session goes no further until it has it, so nothing is reordered.
+        if let Some(request) = outcome.score.take() {
+            outcome = self.judge_speech(request).await?;
+        }
         for (event, chunks) in outcome.events {
             self.encode_chunks(chunks).await?;
             match event {
@@ -452,6 +478,23 @@ impl SessionActor {
             }
         }
         self.encode_chunks(outcome.chunks).await
+    }
+
+    /// Has the VAD thread score the windows of `request` and routes their audio by the
+    /// verdict. On failure the waiting audio is dropped and the error goes to the client.
+    async fn judge_speech(&mut self, request: ScoreRequest) -> Result<AudioOutcome, ProtocolError> {
+        let verdict = match &self.vad {
+            Some(vad) => vad.score(request).await,
+            None => Err(internal("no VAD model thread for the silero detector")),
+        };
+        let audio = self.audio.as_mut().ok_or_else(no_audio)?;
+        match verdict {
+            Ok((stream, probabilities)) => Ok(audio.judged(stream, &probabilities)),
+            Err(err) => {
+                audio.scoring_failed();
+                Err(err)
+            }
+        }
     }
 
     fn buffer_item_id(&mut self) -> String {
