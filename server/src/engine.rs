@@ -364,9 +364,10 @@ impl Engine {
             .read
             .as_ref()
             .map_or(0.0, |r| r.min_confidence);
-        let reader = self.bundle.reader.as_mut().ok_or_else(|| {
-            ModelError::InvalidInput("this bundle has no reading stage".into())
-        })?;
+        let reader =
+            self.bundle.reader.as_mut().ok_or_else(|| {
+                ModelError::InvalidInput("this bundle has no reading stage".into())
+            })?;
         let started = Instant::now();
         let lines = reader.read(image);
         metrics().model_call("reader", 1, started.elapsed().as_secs_f64());

@@ -21,9 +21,9 @@ use mmrt_protocol::response::{
     InputModality, ModalityState, ModalityStatus, ResponseExt, StatusDetails, StatusReason,
 };
 use mmrt_protocol::server::{
-    ContentPartEvent, ConversationItemEvent, InputAudioBufferCleared, InputAudioBufferCommitted,
-    ModalityReportEvent, OutputItemEvent, OutputTextDelta, OutputTextDone, ResponseEvent,
-    ErrorDetail, SessionClosingEvent, SessionEvent, SpeechStarted, SpeechStopped,
+    ContentPartEvent, ConversationItemEvent, ErrorDetail, InputAudioBufferCleared,
+    InputAudioBufferCommitted, ModalityReportEvent, OutputItemEvent, OutputTextDelta,
+    OutputTextDone, ResponseEvent, SessionClosingEvent, SessionEvent, SpeechStarted, SpeechStopped,
     TranscriptionCompleted, TranscriptionDelta, TranscriptionFailed,
 };
 use mmrt_protocol::session::{FillPolicy, TurnDetection};
