@@ -3,7 +3,8 @@
 //! the camera is read and used, and the conversation's history reaches the model.
 //!
 //! The bundle is built by `mmrt models install assistant-en` into the cache; these tests
-//! say SKIPPED and pass when it is not installed (CI installs it first).
+//! say SKIPPED and pass when it is not installed, unless `MMRT_REQUIRE_ASSISTANT` is set
+//! (CI installs it and sets it).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,12 @@ fn bundle_dir() -> Option<PathBuf> {
     if dir.join("bundle.toml").is_file() {
         Some(dir)
     } else {
+        // CI installs the bundle and sets this, so there a missing bundle fails.
+        assert!(
+            std::env::var_os("MMRT_REQUIRE_ASSISTANT").is_none(),
+            "MMRT_REQUIRE_ASSISTANT is set but no assistant-en bundle is at {}",
+            dir.display()
+        );
         eprintln!(
             "SKIPPED: no assistant-en bundle at {} (run `mmrt models install assistant-en`)",
             dir.display()
