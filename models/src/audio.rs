@@ -406,6 +406,8 @@ impl StreamResampler {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn pcm_chunks_keep_every_sample_and_pad_the_last() {
         let mut chunker = AudioChunker::pcm(100);
@@ -420,8 +422,6 @@ mod tests {
         // An empty turn still gives one chunk of silence.
         assert_eq!(chunker.finish(), vec![vec![0.0; 100]]);
     }
-
-    use super::*;
 
     fn spec() -> AudioFeatureSpec {
         AudioFeatureSpec {
