@@ -279,6 +279,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         usage.input_tokens,
         usage.output_tokens,
     );
+    for transcript in &outcome.transcripts {
+        eprintln!("transcript={transcript:?}");
+    }
     for state in outcome.modality_report.iter().flatten() {
         eprintln!(
             "modality={:?} status={:?} fill={:?} age_ms={:?}",

@@ -34,6 +34,9 @@ pub struct ResponseOutcome {
     pub created_at: Option<Instant>,
     /// When `response.done` arrived.
     pub done_at: Instant,
+    /// Transcripts of the user's audio (`input_audio_transcription.completed`) that
+    /// arrived while waiting, for bundles that transcribe speech.
+    pub transcripts: Vec<String>,
 }
 
 impl ResponseOutcome {
@@ -73,6 +76,7 @@ pub async fn collect_response(
     let mut modality_report = None;
     let mut speech_stopped_at = None;
     let mut created_at = None;
+    let mut transcripts = Vec::new();
     loop {
         let remaining = options.deadline.saturating_duration_since(Instant::now());
         let timed = receiver
@@ -96,6 +100,7 @@ pub async fn collect_response(
                 deltas.clear();
             }
             ServerEvent::ModalityReport(report) => modality_report = Some(report.modalities),
+            ServerEvent::TranscriptionCompleted(done) => transcripts.push(done.transcript),
             ServerEvent::OutputTextDelta(delta) => {
                 on_delta(&delta.delta);
                 text.push_str(&delta.delta);
@@ -123,6 +128,7 @@ pub async fn collect_response(
                     speech_stopped_at,
                     created_at,
                     done_at: timed.received_at,
+                    transcripts,
                 });
             }
             _ => {}

@@ -260,14 +260,12 @@ impl AudioChunker {
                 self.drain_frames();
             }
             Front::Pcm => {
-                let len = self.pending.len();
-                let target = if len == 0 && self.ready.is_empty() {
-                    self.chunk_frames
-                } else {
-                    len.div_ceil(self.chunk_frames) * self.chunk_frames
-                };
-                self.pending.resize(target, 0.0);
+                // Samples move to `ready` as they arrive: pad what is there (at least
+                // one chunk) to whole chunks.
                 self.drain_frames();
+                let len = self.ready.len();
+                let target = len.max(1).div_ceil(self.chunk_frames) * self.chunk_frames;
+                self.ready.resize(target, 0.0);
             }
         }
         chunks.extend(self.take_chunks());
@@ -409,6 +407,21 @@ impl StreamResampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcm_chunks_keep_every_sample_and_pad_the_last() {
+        let mut chunker = AudioChunker::pcm(100);
+        let samples: Vec<f32> = (1..=250).map(|i| i as f32).collect();
+        let mut chunks = chunker.push(&samples[..130]);
+        chunks.extend(chunker.push(&samples[130..]));
+        chunks.extend(chunker.finish());
+        assert_eq!(chunks.len(), 3);
+        let flat: Vec<f32> = chunks.concat();
+        assert_eq!(&flat[..250], &samples[..]);
+        assert!(flat[250..].iter().all(|&x| x == 0.0));
+        // An empty turn still gives one chunk of silence.
+        assert_eq!(chunker.finish(), vec![vec![0.0; 100]]);
+    }
 
     fn spec() -> AudioFeatureSpec {
         AudioFeatureSpec {

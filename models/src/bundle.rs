@@ -13,11 +13,11 @@ use crate::error::ModelError;
 use crate::image_prep::ImagePreprocessor;
 use crate::manifest::{resolve, Manifest, Modality, TemplatePart};
 use crate::ocr::OcrReader;
-use crate::whisper::{Transcriber, TranscriberConfig, WhisperWindow};
 use crate::runtime::RuntimeConfig;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::Graph;
 use crate::text::{IncrementalDecoder, StopMatcher, TextTokenizer};
+use crate::whisper::{Transcriber, TranscriberConfig, WhisperWindow};
 
 /// How a modality missing from a turn is stood in for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -429,10 +429,13 @@ impl Bundle {
                     for (user, assistant) in &turn.history[skip..] {
                         // Literal structure from the manifest, client text cleaned.
                         let (head, rest) = format.split_once("{user}").unwrap_or((format, ""));
-                        let (middle, tail) =
-                            rest.split_once("{assistant}").unwrap_or((rest, ""));
+                        let (middle, tail) = rest.split_once("{assistant}").unwrap_or((rest, ""));
                         push(self.tokenizer.encode(head)?, Modality::Text, &mut prefix);
-                        push(self.tokenizer.encode_untrusted(user)?, Modality::Text, &mut prefix);
+                        push(
+                            self.tokenizer.encode_untrusted(user)?,
+                            Modality::Text,
+                            &mut prefix,
+                        );
                         push(self.tokenizer.encode(middle)?, Modality::Text, &mut prefix);
                         push(
                             self.tokenizer.encode_untrusted(assistant)?,
@@ -449,7 +452,10 @@ impl Bundle {
                         continue;
                     }
                     report.insert(*m, SlotOutcome::Present);
-                    let format = prompt.slot_text.get(m.as_str()).map_or("{}", |f| f.as_str());
+                    let format = prompt
+                        .slot_text
+                        .get(m.as_str())
+                        .map_or("{}", |f| f.as_str());
                     let (head, tail) = format.split_once("{}").unwrap_or((format, ""));
                     push(self.tokenizer.encode(head)?, *m, &mut prefix);
                     push(self.tokenizer.encode_untrusted(text)?, *m, &mut prefix);

@@ -517,7 +517,11 @@ impl Manifest {
                         Modality::Audio => self.stages.transcribe.is_some(),
                     };
                     if !fed {
-                        let stage = if *m == Modality::Image { "read" } else { "transcribe" };
+                        let stage = if *m == Modality::Image {
+                            "read"
+                        } else {
+                            "transcribe"
+                        };
                         return Err(format!(
                             "prompt.template uses `{{{m}}}` but stages.{stage} is not defined"
                         ));

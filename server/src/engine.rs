@@ -101,6 +101,9 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct EngineHandle {
     jobs: mpsc::Sender<Job>,
+    /// The cascade's stages (speech recognition, reading) run on a thread of their
+    /// own, so a long transcription never holds up other sessions' decode steps.
+    stages: Option<mpsc::Sender<Job>>,
     active: Arc<AtomicUsize>,
     info: Arc<BundleInfo>,
 }
@@ -141,7 +144,11 @@ impl EngineHandle {
 
     /// Queues a job without waiting; a full queue is `Overloaded`.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.jobs.try_send(job).map_err(|e| match e {
+        let queue = match (&job, &self.stages) {
+            (Job::Transcribe { .. } | Job::ReadText { .. }, Some(stages)) => stages,
+            _ => &self.jobs,
+        };
+        queue.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
         })
@@ -210,6 +217,8 @@ pub fn start(bundle: Bundle, config: EngineConfig) -> EngineHandle {
             mmrt_models::whisper::SAMPLE_RATE as usize / 10,
         ));
     }
+    let mut bundle = bundle;
+    let stages = start_stages(&mut bundle, config.queue.max(1));
     let (tx, rx) = mpsc::channel(config.queue.max(1));
     let active = Arc::new(AtomicUsize::new(0));
     let thread_active = active.clone();
@@ -219,6 +228,7 @@ pub fn start(bundle: Bundle, config: EngineConfig) -> EngineHandle {
         .expect("spawning the engine thread");
     EngineHandle {
         jobs: tx,
+        stages,
         active,
         info: Arc::new(info),
     }
@@ -339,45 +349,6 @@ impl Engine {
         }
     }
 
-    fn transcribe(
-        &mut self,
-        pcm: &[f32],
-        deltas: &mpsc::Sender<String>,
-    ) -> Result<String, ModelError> {
-        let transcriber = self.bundle.transcriber.as_mut().ok_or_else(|| {
-            ModelError::InvalidInput("this bundle has no transcription stage".into())
-        })?;
-        let started = Instant::now();
-        let transcript = transcriber.transcribe_streaming(pcm, |piece| {
-            // A session that cannot keep up misses a delta, never the transcript.
-            let _ = deltas.try_send(piece.to_string());
-        });
-        metrics().model_call("transcriber", 1, started.elapsed().as_secs_f64());
-        Ok(transcript?.text)
-    }
-
-    fn read_text(&mut self, image: &image::RgbImage) -> Result<String, ModelError> {
-        let min_confidence = self
-            .bundle
-            .manifest
-            .stages
-            .read
-            .as_ref()
-            .map_or(0.0, |r| r.min_confidence);
-        let reader = self.bundle.reader.as_mut().ok_or_else(|| {
-            ModelError::InvalidInput("this bundle has no reading stage".into())
-        })?;
-        let started = Instant::now();
-        let lines = reader.read(image);
-        metrics().model_call("reader", 1, started.elapsed().as_secs_f64());
-        Ok(lines?
-            .into_iter()
-            .filter(|line| line.confidence >= min_confidence)
-            .map(|line| line.text)
-            .collect::<Vec<_>>()
-            .join("\n"))
-    }
-
     /// Moves what is queued now into `batch`, up to a bound per pass.
     fn drain_queue(&mut self, batch: &mut Vec<Job>) {
         while batch.len() < 1024 {
@@ -405,11 +376,12 @@ impl Engine {
                     let _ = reply.send(self.bundle.embed_text(&text));
                     metrics().model_call("text_encoder", 1, started.elapsed().as_secs_f64());
                 }
-                Job::Transcribe { pcm, deltas, reply } => {
-                    let _ = reply.send(self.transcribe(&pcm, &deltas));
-                }
-                Job::ReadText { image, reply } => {
-                    let _ = reply.send(self.read_text(&image));
+                // Routed to the stage thread by the handle; answered here only if a
+                // bundle without stages is asked.
+                Job::Transcribe { reply, .. } | Job::ReadText { reply, .. } => {
+                    let _ = reply.send(Err(ModelError::InvalidInput(
+                        "this bundle has no such stage".into(),
+                    )));
                 }
                 Job::Generate(request) => generate.push(request),
             }
@@ -757,4 +729,84 @@ fn encoder_jobs(batch: &[Job]) -> usize {
         .iter()
         .filter(|job| matches!(job, Job::EncodeAudio { .. } | Job::EncodeImage { .. }))
         .count()
+}
+
+/// Moves the bundle's stages onto their own thread; returns its queue, if any.
+fn start_stages(bundle: &mut Bundle, queue: usize) -> Option<mpsc::Sender<Job>> {
+    let transcriber = bundle.transcriber.take();
+    let reader = bundle.reader.take();
+    if transcriber.is_none() && reader.is_none() {
+        return None;
+    }
+    let min_confidence = bundle
+        .manifest
+        .stages
+        .read
+        .as_ref()
+        .map_or(0.0, |r| r.min_confidence);
+    let (tx, mut rx) = mpsc::channel::<Job>(queue);
+    let mut stages = Stages {
+        transcriber,
+        reader,
+        min_confidence,
+    };
+    std::thread::Builder::new()
+        .name("mmrt-stages".into())
+        .spawn(move || {
+            while let Some(job) = rx.blocking_recv() {
+                match job {
+                    Job::Transcribe { pcm, deltas, reply } => {
+                        let _ = reply.send(stages.transcribe(&pcm, &deltas));
+                    }
+                    Job::ReadText { image, reply } => {
+                        let _ = reply.send(stages.read_text(&image));
+                    }
+                    // The handle sends nothing else here.
+                    _ => {}
+                }
+            }
+        })
+        .expect("spawning the stage thread");
+    Some(tx)
+}
+
+/// The models that turn speech and images into text for a cascade.
+struct Stages {
+    transcriber: Option<mmrt_models::Transcriber>,
+    reader: Option<mmrt_models::OcrReader>,
+    min_confidence: f32,
+}
+
+impl Stages {
+    fn transcribe(
+        &mut self,
+        pcm: &[f32],
+        deltas: &mpsc::Sender<String>,
+    ) -> Result<String, ModelError> {
+        let transcriber = self.transcriber.as_mut().ok_or_else(|| {
+            ModelError::InvalidInput("this bundle has no transcription stage".into())
+        })?;
+        let started = Instant::now();
+        let transcript = transcriber.transcribe_streaming(pcm, |piece| {
+            // A session that cannot keep up misses a delta, never the transcript.
+            let _ = deltas.try_send(piece.to_string());
+        });
+        metrics().model_call("transcriber", 1, started.elapsed().as_secs_f64());
+        Ok(transcript?.text)
+    }
+
+    fn read_text(&mut self, image: &image::RgbImage) -> Result<String, ModelError> {
+        let reader = self.reader.as_mut().ok_or_else(|| {
+            ModelError::InvalidInput("this bundle has no reading stage".into())
+        })?;
+        let started = Instant::now();
+        let lines = reader.read(image);
+        metrics().model_call("reader", 1, started.elapsed().as_secs_f64());
+        Ok(lines?
+            .into_iter()
+            .filter(|line| line.confidence >= self.min_confidence)
+            .map(|line| line.text)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
 }

@@ -73,12 +73,14 @@ impl SessionActor {
         };
         match result {
             Ok(transcript) => {
-                self.emit(ServerEvent::TranscriptionCompleted(TranscriptionCompleted {
-                    event_id: new_event_id(),
-                    item_id: item_id.to_string(),
-                    content_index: 0,
-                    transcript: transcript.clone(),
-                }));
+                self.emit(ServerEvent::TranscriptionCompleted(
+                    TranscriptionCompleted {
+                        event_id: new_event_id(),
+                        item_id: item_id.to_string(),
+                        content_index: 0,
+                        transcript: transcript.clone(),
+                    },
+                ));
                 if !transcript.trim().is_empty() {
                     self.turn_transcripts.push(transcript);
                 }

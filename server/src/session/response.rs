@@ -128,7 +128,8 @@ impl SessionActor {
 
         let id = new_id("resp");
         let item_id = new_id("item");
-        let span = tracing::info_span!("response", session_id = %self.session.id, response_id = %id);
+        let span =
+            tracing::info_span!("response", session_id = %self.session.id, response_id = %id);
         span.in_scope(|| {
             tracing::debug!(
                 max_output_tokens = settings.max_output_tokens,
