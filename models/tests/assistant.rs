@@ -7,7 +7,8 @@
 //!
 //! The bundle is `$MMRT_ASSISTANT_DIR`, else `<cache>/bundles/assistant-en` with the
 //! cache of `RuntimeConfig::from_env` (`$MMRT_CACHE_DIR`, else `~/.cache/mmrt`). When it
-//! is missing every test prints `SKIPPED` and passes. The bundle is loaded once and
+//! is missing every test prints `SKIPPED` and passes, unless `MMRT_REQUIRE_ASSISTANT`
+//! is set (as CI does after installing it). The bundle is loaded once and
 //! shared, since loading it (checksums of 440 MB, four graphs) takes seconds.
 
 use std::collections::BTreeMap;
@@ -73,6 +74,12 @@ fn bundle(test: &str) -> Option<MutexGuard<'static, Bundle>> {
         Some(bundle) => Some(bundle.lock().unwrap_or_else(|e| e.into_inner())),
         None => {
             let dir = bundle_dir();
+            // CI installs the bundle and sets this, so there a missing bundle fails.
+            assert!(
+                std::env::var_os("MMRT_REQUIRE_ASSISTANT").is_none(),
+                "MMRT_REQUIRE_ASSISTANT is set but no assistant-en bundle is in {}",
+                dir.display()
+            );
             eprintln!(
                 "SKIPPED {test}: no assistant-en bundle in {}; install it with \
                  `models/assistant/install.sh` (or `mmrt models install assistant-en`), \

@@ -796,9 +796,10 @@ impl Stages {
     }
 
     fn read_text(&mut self, image: &image::RgbImage) -> Result<String, ModelError> {
-        let reader = self.reader.as_mut().ok_or_else(|| {
-            ModelError::InvalidInput("this bundle has no reading stage".into())
-        })?;
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or_else(|| ModelError::InvalidInput("this bundle has no reading stage".into()))?;
         let started = Instant::now();
         let lines = reader.read(image);
         metrics().model_call("reader", 1, started.elapsed().as_secs_f64());
