@@ -204,3 +204,25 @@ async fn ask(conn: &mut Connection, text: &str) -> Turn {
         .expect("response.create");
     collect(conn).await
 }
+
+/// A camera streaming at 2 fps: frames are only read when a response uses them (a read
+/// takes longer than the frame period), and the answer uses the latest frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_stream_is_read_at_the_latest_frame() {
+    let Some(dir) = bundle_dir() else { return };
+    let server = Server::start(&["--bundle", dir.to_str().expect("utf-8 path")]);
+    let sign = std::fs::read(repo_root().join("samples/assistant/sign.png")).expect("png");
+    let note = std::fs::read(repo_root().join("samples/assistant/note.png")).expect("png");
+
+    let mut conn = open(&server).await;
+    for i in 0..12 {
+        let frame = if i < 11 { &sign } else { &note };
+        conn.sender
+            .send_video_frame(ImageFormat::Png, frame, None, true)
+            .await
+            .expect("frame");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let turn = ask(&mut conn, "What time is the meeting?").await;
+    assert!(turn.answer.contains("10:30"), "{turn:?}");
+}

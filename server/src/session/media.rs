@@ -41,6 +41,24 @@ impl SessionActor {
         Ok(())
     }
 
+    /// Reads the current image's text if a response is about to use it and it has not
+    /// been read yet; the text is kept for later turns that reuse the frame.
+    pub(super) async fn read_image_text(&mut self) -> Result<(), ProtocolError> {
+        let Some(ImageText::Unread(image)) = self.image.as_ref().map(|i| i.text.clone()) else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let job = Job::ReadText {
+            image: (*image).clone(),
+            reply: tx,
+        };
+        let text = self.call_engine(job, rx).await?;
+        if let Some(state) = self.image.as_mut() {
+            state.text = ImageText::Read(text);
+        }
+        Ok(())
+    }
+
     /// Transcribes a user audio item with the bundle's speech stage, streaming the
     /// transcript as `input_audio_transcription` events. A failure is reported for the
     /// item (`.failed`) and leaves the turn without that transcript.
@@ -293,13 +311,14 @@ impl SessionActor {
     }
 
     /// Decodes and preprocesses off the async workers, then encodes in the engine: the
-    /// image's embeddings, or for a bundle with a reading stage, the text read in it.
+    /// image's embeddings, or for a bundle with a reading stage, the decoded image to be
+    /// read when a response needs it.
     pub(super) async fn encode_image(
         &mut self,
         format: ImageFormat,
         bytes: Vec<u8>,
         size: Option<(u32, u32)>,
-    ) -> Result<(Vec<f32>, String), ProtocolError> {
+    ) -> Result<(Vec<f32>, ImageText), ProtocolError> {
         let limits = &self.session.mmrt.limits;
         if bytes.len() as u64 > limits.max_image_bytes {
             return Err(ProtocolError::new(
@@ -349,15 +368,9 @@ impl SessionActor {
                 let embeds = self
                     .call_engine(Job::EncodeImage { pixels, reply: tx }, rx)
                     .await?;
-                Ok((embeds, String::new()))
+                Ok((embeds, ImageText::NotRead))
             }
-            Ok(image) => {
-                let (tx, rx) = oneshot::channel();
-                let text = self
-                    .call_engine(Job::ReadText { image, reply: tx }, rx)
-                    .await?;
-                Ok((Vec::new(), text))
-            }
+            Ok(image) => Ok((Vec::new(), ImageText::Unread(Arc::new(image)))),
         }
     }
 }

@@ -70,11 +70,31 @@ pub enum Outbound {
 /// The latest image or frame, encoded.
 struct ImageState {
     embeds: Vec<f32>,
-    /// For a bundle with a reading stage: the text read in the image.
-    text: String,
+    /// For a bundle with a reading stage: the image, read when a response needs it.
+    text: ImageText,
     at: Instant,
     /// Arrived since the last response.
     fresh: bool,
+}
+
+/// The text in an image, for bundles with a reading stage. Frames arrive faster than
+/// they can be read (a read takes a few hundred ms on a CPU), so only the frame a
+/// response uses is read, once.
+#[derive(Clone)]
+enum ImageText {
+    /// The bundle embeds images instead.
+    NotRead,
+    Unread(Arc<image::RgbImage>),
+    Read(String),
+}
+
+impl ImageText {
+    fn text(&self) -> &str {
+        match self {
+            ImageText::Read(text) => text,
+            ImageText::NotRead | ImageText::Unread(_) => "",
+        }
+    }
 }
 
 /// The response being generated.

@@ -29,6 +29,16 @@ impl SessionActor {
         let fill = self.session.mmrt.fill_policy.clone();
         let max_age = Duration::from_millis(self.session.mmrt.max_age_ms);
         let text_prompt = self.engine.info().text_prompt;
+        let usable_image = match &self.image {
+            Some(image) => {
+                image.fresh
+                    || (fill.image == FillPolicy::LastKnown && image.at.elapsed() <= max_age)
+            }
+            None => false,
+        };
+        if text_prompt && usable_image {
+            self.read_image_text().await?;
+        }
         if text_prompt {
             // A cascade: every modality arrives as text.
             if !self.turn_text.is_empty() {
@@ -51,7 +61,12 @@ impl SessionActor {
             Some(image) if image.fresh => {
                 turn.by_modality
                     .insert(Modality::Image, image.embeds.clone());
-                Some((ModalityStatus::Present, None, None, image.text.clone()))
+                Some((
+                    ModalityStatus::Present,
+                    None,
+                    None,
+                    image.text.text().to_string(),
+                ))
             }
             Some(image) if fill.image == FillPolicy::LastKnown && image.at.elapsed() <= max_age => {
                 turn.by_modality
@@ -61,7 +76,7 @@ impl SessionActor {
                     ModalityStatus::Stale,
                     Some(FillPolicy::LastKnown),
                     Some(age),
-                    image.text.clone(),
+                    image.text.text().to_string(),
                 ))
             }
             _ => None,
