@@ -60,6 +60,10 @@ pub enum Job {
 /// A response to generate from one turn.
 pub struct GenerateRequest {
     pub turn: TurnEmbeddings,
+    /// The last audio chunks of the turn, not yet encoded: the engine encodes them with
+    /// the stream state and appends them to the turn's audio before the prefill, saving
+    /// a round trip between the end of the turn and the first token.
+    pub audio_tail: Option<(AudioStreamState, Vec<Vec<f32>>)>,
     pub policies: BTreeMap<Modality, FillPolicy>,
     pub sampling: SamplingParams,
     pub max_new_tokens: usize,
@@ -75,6 +79,7 @@ pub enum GenerationEvent {
     Started {
         report: BTreeMap<Modality, SlotOutcome>,
         input_tokens: usize,
+        /// Model time of the turn's own work: its audio tail's encode and the prefill.
         prefill: Duration,
     },
     Delta(String),
@@ -261,6 +266,8 @@ struct Prepared {
     active: Active,
     report: BTreeMap<Modality, SlotOutcome>,
     input_tokens: usize,
+    /// Model time spent on this turn before the prefill (its audio tail).
+    encode: Duration,
 }
 
 struct Engine {
@@ -347,6 +354,25 @@ impl Engine {
                 .with_label_values(&["engine_jobs"])
                 .set(self.jobs.len() as i64);
         }
+    }
+
+    /// Encodes a turn's last audio chunks in order, carrying the stream state.
+    fn encode_tail(
+        &mut self,
+        mut state: AudioStreamState,
+        chunks: Vec<Vec<f32>>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let encoder = self.bundle.audio.as_mut().ok_or_else(|| {
+            ModelError::InvalidInput("this bundle has no audio encoder".into())
+        })?;
+        let mut out = Vec::new();
+        for chunk in &chunks {
+            let started = Instant::now();
+            let embeds = encoder.encode_chunks(&mut [(&mut state, chunk.as_slice())])?;
+            metrics().model_call("audio_encoder", 1, started.elapsed().as_secs_f64());
+            out.extend(embeds.into_iter().flatten());
+        }
+        Ok(out)
     }
 
     /// Moves what is queued now into `batch`, up to a bound per pass.
@@ -469,13 +495,29 @@ impl Engine {
     /// Assembles the prompt and prefills it; the response then joins the decode batch.
     /// Turns a request into a response ready for its prefill: the prompt assembled and
     /// checked against the KV budget. Requests that end here are answered at once.
-    fn prepare(&mut self, request: GenerateRequest) -> Option<Prepared> {
+    fn prepare(&mut self, mut request: GenerateRequest) -> Option<Prepared> {
         if request.cancel.load(Ordering::Relaxed) {
             let _ = request
                 .events
                 .try_send(GenerationEvent::Cancelled { output_tokens: 0 });
             return None;
         }
+        let started = Instant::now();
+        if let Some((state, chunks)) = request.audio_tail.take() {
+            match self.encode_tail(state, chunks) {
+                Ok(embeds) => request
+                    .turn
+                    .by_modality
+                    .entry(Modality::Audio)
+                    .or_default()
+                    .extend(embeds),
+                Err(err) => {
+                    let _ = request.events.try_send(GenerationEvent::Failed(err));
+                    return None;
+                }
+            }
+        }
+        let encode = started.elapsed();
         let policies = request.policies.clone();
         let assembled = self.bundle.assemble_prefix(&request.turn, &|m| {
             policies.get(&m).copied().unwrap_or_default()
@@ -520,6 +562,7 @@ impl Engine {
             active,
             report,
             input_tokens,
+            encode,
         })
     }
 
@@ -558,7 +601,7 @@ impl Engine {
                     p.active.send(GenerationEvent::Started {
                         report: p.report,
                         input_tokens: p.input_tokens,
-                        prefill: elapsed,
+                        prefill: p.encode + elapsed,
                     });
                     if self.advance(&mut p.active, &logits) {
                         self.active.push(p.active);

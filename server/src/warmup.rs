@@ -79,6 +79,7 @@ async fn generate(engine: &EngineHandle) -> Result<(), WarmupError> {
     ]);
     let (events_tx, mut events) = mpsc::channel(64);
     engine.submit(Job::Generate(GenerateRequest {
+        audio_tail: None,
         turn,
         policies,
         sampling: SamplingParams {

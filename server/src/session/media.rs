@@ -4,8 +4,13 @@
 use super::*;
 
 impl SessionActor {
-    /// Ends the audio turn: encodes what is left and adds the audio item.
+    /// Ends the audio turn and adds the audio item. The utterance's last chunks are
+    /// left for the engine to encode with the response's prefill (see `audio_tail`).
     pub(super) async fn commit_audio(&mut self, manual: bool) -> Result<(), ProtocolError> {
+        if self.audio.as_ref().is_some_and(|a| a.buffered_ms() > 0) {
+            // An earlier utterance's tail goes into the turn before this one's audio.
+            self.flush_audio_tail().await?;
+        }
         let audio = self.audio.as_mut().ok_or_else(no_audio)?;
         let Some(chunks) = audio.commit() else {
             if manual {
@@ -16,7 +21,15 @@ impl SessionActor {
             }
             return Ok(());
         };
-        self.encode_chunks(chunks).await?;
+        if self.engine.info().transcribes {
+            self.encode_chunks(chunks).await?;
+        } else {
+            let state = self
+                .audio_state
+                .take()
+                .ok_or_else(|| internal("audio stream state missing"))?;
+            self.audio_tail = Some((state, chunks));
+        }
         self.audio_state = self.engine.info().audio_state.clone();
         let item_id = self.buffer_item_id();
         self.buffer_item_id = None;
@@ -227,11 +240,32 @@ impl SessionActor {
     }
 
     /// Encodes a whole audio clip from an item, apart from the live buffer.
+    /// Encodes a committed utterance's tail now, when more audio is about to join the
+    /// turn after it.
+    pub(super) async fn flush_audio_tail(&mut self) -> Result<(), ProtocolError> {
+        let Some((mut state, chunks)) = self.audio_tail.take() else {
+            return Ok(());
+        };
+        for chunk in chunks {
+            let (tx, rx) = oneshot::channel();
+            let job = Job::EncodeAudio {
+                state,
+                chunk,
+                reply: tx,
+            };
+            let (next, embeds) = self.call_engine(job, rx).await?;
+            state = next;
+            self.turn_audio.extend(embeds);
+        }
+        Ok(())
+    }
+
     pub(super) async fn encode_audio_item(
         &mut self,
         pcm: &[u8],
         item_id: &str,
     ) -> Result<(), ProtocolError> {
+        self.flush_audio_tail().await?;
         let info = self.engine.info().clone();
         let (Some(rate), Some(chunker)) = (info.audio_sample_rate, info.audio_chunker) else {
             return Err(no_audio());

@@ -136,6 +136,10 @@ pub struct SessionActor {
     history: std::collections::VecDeque<(String, String)>,
     /// Audio committed since the last response.
     turn_audio: Vec<f32>,
+    /// The last committed utterance's final chunks, not yet encoded, with the stream
+    /// state to encode them with: the engine encodes them with the response's prefill,
+    /// or they are encoded before any later audio joins the turn.
+    audio_tail: Option<(AudioStreamState, Vec<Vec<f32>>)>,
     turn_text: Vec<String>,
     image: Option<ImageState>,
     frames: FrameSampler,
@@ -179,6 +183,7 @@ impl SessionActor {
             turn_transcripts: Vec::new(),
             history: std::collections::VecDeque::new(),
             turn_audio: Vec::new(),
+            audio_tail: None,
             turn_text: Vec::new(),
             image: None,
             frames: FrameSampler::default(),

@@ -109,6 +109,8 @@ impl SessionActor {
         let cancel = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = mpsc::channel(256);
         let request = GenerateRequest {
+            // Cloned: if the engine refuses the job, the turn stays intact.
+            audio_tail: self.audio_tail.clone(),
             turn,
             policies,
             sampling: SamplingParams {
@@ -128,6 +130,7 @@ impl SessionActor {
         // The turn is consumed.
         self.turn_text.clear();
         self.turn_audio.clear();
+        self.audio_tail = None;
         self.turn_transcripts.clear();
         if let Some(image) = self.image.as_mut() {
             image.fresh = false;
