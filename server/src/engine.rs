@@ -362,9 +362,10 @@ impl Engine {
         mut state: AudioStreamState,
         chunks: Vec<Vec<f32>>,
     ) -> Result<Vec<f32>, ModelError> {
-        let encoder = self.bundle.audio.as_mut().ok_or_else(|| {
-            ModelError::InvalidInput("this bundle has no audio encoder".into())
-        })?;
+        let encoder =
+            self.bundle.audio.as_mut().ok_or_else(|| {
+                ModelError::InvalidInput("this bundle has no audio encoder".into())
+            })?;
         let mut out = Vec::new();
         for chunk in &chunks {
             let started = Instant::now();

@@ -82,7 +82,7 @@ async fn run_response(
     policies.insert(Modality::Audio, FillPolicy::Completion);
     engine
         .submit(Job::Generate(GenerateRequest {
-        audio_tail: None,
+            audio_tail: None,
             turn,
             policies,
             sampling: SamplingParams::default(),
