@@ -239,13 +239,21 @@ impl SessionActor {
         Ok(())
     }
 
-    /// Encodes a whole audio clip from an item, apart from the live buffer.
     /// Encodes a committed utterance's tail now, when more audio is about to join the
     /// turn after it.
     pub(super) async fn flush_audio_tail(&mut self) -> Result<(), ProtocolError> {
-        let Some((mut state, chunks)) = self.audio_tail.take() else {
-            return Ok(());
-        };
+        match self.audio_tail.take() {
+            Some((state, chunks)) => self.encode_into_turn(state, chunks).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Encodes chunks in order, carrying the stream state, onto the turn's audio.
+    async fn encode_into_turn(
+        &mut self,
+        mut state: AudioStreamState,
+        chunks: Vec<Vec<f32>>,
+    ) -> Result<(), ProtocolError> {
         for chunk in chunks {
             let (tx, rx) = oneshot::channel();
             let job = Job::EncodeAudio {
@@ -260,6 +268,8 @@ impl SessionActor {
         Ok(())
     }
 
+    /// Encodes a whole audio clip from an item, apart from the live buffer (or, for a
+    /// bundle that transcribes, transcribes it).
     pub(super) async fn encode_audio_item(
         &mut self,
         pcm: &[u8],
@@ -280,21 +290,10 @@ impl SessionActor {
             self.transcribe_item(&item_id, pcm).await;
             return Ok(());
         }
-        let mut state = info
+        let state = info
             .audio_state
             .ok_or_else(|| internal("audio stream state missing"))?;
-        for chunk in chunks {
-            let (tx, rx) = oneshot::channel();
-            let job = Job::EncodeAudio {
-                state,
-                chunk,
-                reply: tx,
-            };
-            let (next, embeds) = self.call_engine(job, rx).await?;
-            state = next;
-            self.turn_audio.extend(embeds);
-        }
-        Ok(())
+        self.encode_into_turn(state, chunks).await
     }
 
     pub(super) async fn video_frame_json(
