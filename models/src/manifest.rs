@@ -665,7 +665,11 @@ impl Manifest {
             }
             if f.kind == FeatureKind::LogMel {
                 if f.n_fft == 0 || f.hop_length == 0 || f.n_mels == 0 {
-                    return Err("encoders.audio.features: n_fft, hop_length and n_mels must be positive for log_mel".into());
+                    return Err(
+                        "encoders.audio.features: n_fft, hop_length and n_mels must be \
+                         positive for log_mel"
+                            .into(),
+                    );
                 }
                 if f.win_length > f.n_fft {
                     return Err("encoders.audio.features: win_length exceeds n_fft".into());

@@ -302,6 +302,24 @@ fn kv_shape(len: &str) -> Vec<Dim> {
     ]
 }
 
+/// Takes every layer's `{prefix}.{i}.key` and `.value` out of a run's outputs, in
+/// order (key 0, value 0, key 1, …).
+fn take_layers(
+    outputs: &mut ort::session::SessionOutputs<'_>,
+    prefix: &str,
+    file: &str,
+) -> Result<Vec<DynValue>, ModelError> {
+    layer_names(prefix)
+        .into_iter()
+        .flat_map(|(key, value)| [key, value])
+        .map(|name| {
+            outputs
+                .remove(&name)
+                .ok_or_else(|| ModelError::inference(file, format!("output `{name}` missing")))
+        })
+        .collect()
+}
+
 fn layer_names(prefix: &str) -> Vec<(String, String)> {
     (0..LAYERS)
         .map(|i| (format!("{prefix}.{i}.key"), format!("{prefix}.{i}.value")))
@@ -495,15 +513,7 @@ impl Transcriber {
             .session
             .run(inputs)
             .map_err(|e| ModelError::inference(&file, e))?;
-        layer_names("cross")
-            .into_iter()
-            .flat_map(|(key, value)| [key, value])
-            .map(|name| {
-                outputs
-                    .remove(&name)
-                    .ok_or_else(|| ModelError::inference(&file, format!("output `{name}` missing")))
-            })
-            .collect()
+        take_layers(&mut outputs, "cross", &file)
     }
 
     /// One decoder pass over `input` for a batch of one; returns the logits of the last
@@ -555,15 +565,7 @@ impl Transcriber {
             ));
         }
         let last = logits[(input.len() - 1) * VOCAB..].to_vec();
-        let present = layer_names("present")
-            .into_iter()
-            .flat_map(|(key, value)| [key, value])
-            .map(|name| {
-                outputs
-                    .remove(&name)
-                    .ok_or_else(|| ModelError::inference(&file, format!("output `{name}` missing")))
-            })
-            .collect::<Result<_, _>>()?;
+        let present = take_layers(&mut outputs, "present", &file)?;
         Ok((last, present))
     }
 }

@@ -12,7 +12,6 @@
 //! shared, since loading it (checksums of 440 MB, four graphs) takes seconds.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use mmrt_models::{
@@ -21,45 +20,18 @@ use mmrt_models::{
 };
 use serde_json::Value;
 
+mod common;
+use common::{assistant_dir, ids, read_json, repo, skip_missing};
+
 /// Logits of the same graph under another ONNX Runtime build (the reference came from
 /// the Python package) differ by float rounding, ~1e-5 here.
 const LOGIT_TOLERANCE: f32 = 1e-2;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("models/ is in the repository")
-        .to_path_buf()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("a list of token ids")
-        .iter()
-        .map(|v| v.as_u64().expect("token id") as u32)
-        .collect()
-}
-
-fn bundle_dir() -> PathBuf {
-    match std::env::var_os("MMRT_ASSISTANT_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => RuntimeConfig::from_env()
-            .cache_dir
-            .join("bundles/assistant-en"),
-    }
-}
 
 /// The loaded bundle, or `None` (after saying so) when it is not installed.
 fn bundle(test: &str) -> Option<MutexGuard<'static, Bundle>> {
     static BUNDLE: OnceLock<Option<Mutex<Bundle>>> = OnceLock::new();
     let loaded = BUNDLE.get_or_init(|| {
-        let dir = bundle_dir();
+        let dir = assistant_dir();
         if !dir.join("bundle.toml").exists() {
             return None;
         }
@@ -73,19 +45,7 @@ fn bundle(test: &str) -> Option<MutexGuard<'static, Bundle>> {
         // A test that failed while holding the lock leaves the bundle as usable as before.
         Some(bundle) => Some(bundle.lock().unwrap_or_else(|e| e.into_inner())),
         None => {
-            let dir = bundle_dir();
-            // CI installs the bundle and sets this, so there a missing bundle fails.
-            assert!(
-                std::env::var_os("MMRT_REQUIRE_ASSISTANT").is_none(),
-                "MMRT_REQUIRE_ASSISTANT is set but no assistant-en bundle is in {}",
-                dir.display()
-            );
-            eprintln!(
-                "SKIPPED {test}: no assistant-en bundle in {}; install it with \
-                 `models/assistant/install.sh` (or `mmrt models install assistant-en`), \
-                 or set MMRT_ASSISTANT_DIR",
-                dir.display()
-            );
+            skip_missing(test, "assistant-en bundle", &assistant_dir());
             None
         }
     }

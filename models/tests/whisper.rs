@@ -15,17 +15,8 @@ use mmrt_models::{
 };
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("models/ is in the repository")
-        .to_path_buf()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+mod common;
+use common::{assistant_dir, ids, read_json, repo, skip_missing};
 
 fn reference() -> Value {
     read_json(&repo().join("models/assistant/reference/whisper.json"))
@@ -48,32 +39,13 @@ fn read_wav(path: &Path) -> Vec<f32> {
         .collect()
 }
 
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("token list")
-        .iter()
-        .map(|v| v.as_u64().expect("token id") as u32)
-        .collect()
-}
-
 /// The converted model's folder, or `None` (after saying so) when it is not installed.
 fn model_dir(test: &str) -> Option<PathBuf> {
-    let dir = match std::env::var_os("MMRT_ASSISTANT_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => RuntimeConfig::from_env()
-            .cache_dir
-            .join("bundles/assistant-en"),
-    };
+    let dir = assistant_dir();
     if dir.join(ENCODER_FILE).exists() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIPPED {test}: no Whisper model in {}; install it with \
-             `python models/assistant/whisper.py --out {}` or set MMRT_ASSISTANT_DIR",
-            dir.display(),
-            dir.display()
-        );
+        skip_missing(test, "Whisper model", &dir);
         None
     }
 }

@@ -128,7 +128,7 @@ options! {
     max_prefill_batch: usize = "MMRT_MAX_PREFILL_BATCH",
     /// Most audio chunks or frames in one encoder call [default: 64].
     encoder_max_batch: usize = "MMRT_ENCODER_MAX_BATCH",
-    /// Milliseconds an encoder job may wait for others to batch with when nothing is decoding [default: 0].
+    /// Milliseconds an encoder job may wait for batch mates while nothing decodes [default: 0].
     encoder_max_wait_ms: f64 = "MMRT_ENCODER_MAX_WAIT_MS",
     /// PEM certificate chain; with --tls-key, the server speaks TLS (wss://).
     tls_cert: PathBuf = "MMRT_TLS_CERT",
@@ -136,7 +136,7 @@ options! {
     tls_key: PathBuf = "MMRT_TLS_KEY",
     /// Seconds a new connection gets to finish TLS and send its request headers [default: 10].
     handshake_timeout_seconds: f64 = "MMRT_HANDSHAKE_TIMEOUT_SECONDS",
-    /// Detector behind server_vad turns: energy or silero (the Silero VAD model, fetched once) [default: energy].
+    /// Detector behind server_vad turns: energy, or silero (the Silero model) [default: energy].
     vad_model: String = "MMRT_VAD_MODEL",
 }
 

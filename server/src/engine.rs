@@ -51,7 +51,7 @@ pub enum Job {
     /// Text seen in an image, with the bundle's reading stage: the lines, top to
     /// bottom, joined by newlines.
     ReadText {
-        image: image::RgbImage,
+        image: Arc<image::RgbImage>,
         reply: oneshot::Sender<Result<String, ModelError>>,
     },
     Generate(GenerateRequest),
@@ -130,6 +130,8 @@ pub struct BundleInfo {
     pub reads: bool,
     /// The decoder reads a text prompt (token ids): turns are given as text.
     pub text_prompt: bool,
+    /// Earlier exchanges the prompt holds; a session keeps no more than these.
+    pub max_history_turns: usize,
 }
 
 impl EngineHandle {
@@ -213,6 +215,7 @@ pub fn start(bundle: Bundle, config: EngineConfig) -> EngineHandle {
         transcribes: bundle.transcriber.is_some(),
         reads: bundle.reader.is_some(),
         text_prompt: bundle.decoder.spec().input_ids.is_some(),
+        max_history_turns: bundle.manifest.prompt.max_history_turns,
     };
     let mut info = info;
     if info.transcribes {

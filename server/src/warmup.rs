@@ -66,7 +66,11 @@ async fn generate(engine: &EngineHandle) -> Result<(), WarmupError> {
     if info.reads {
         let (tx, rx) = oneshot::channel();
         engine.submit(Job::ReadText {
-            image: image::RgbImage::from_pixel(64, 64, image::Rgb([255, 255, 255])),
+            image: Arc::new(image::RgbImage::from_pixel(
+                64,
+                64,
+                image::Rgb([255, 255, 255]),
+            )),
             reply: tx,
         })?;
         rx.await.map_err(|_| WarmupError::Stopped)??;

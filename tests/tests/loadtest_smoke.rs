@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod raw;
+
 use mmrt_loadtest::{run_sweep, LoadOptions};
 use mmrt_tests::{repo_root, Server};
 
@@ -174,32 +176,14 @@ async fn misbehaving_clients_do_not_hurt_the_others() {
     // Vanished clients' responses are gone from the engine.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let body = get_metrics(&server.addr).await;
-        let active = body
-            .lines()
-            .find_map(|l| l.strip_prefix("mmrt_responses_active "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        if active == Some(0.0) {
+        let active = raw::scrape(&server.addr, "mmrt_responses_active").await;
+        if active == 0.0 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "responses still active: {active:?}"
+            "responses still active: {active}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-}
-
-/// `GET /metrics` over a plain TCP socket.
-async fn get_metrics(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-    tcp.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("request");
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.expect("response");
-    body
 }

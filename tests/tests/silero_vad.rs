@@ -3,6 +3,8 @@
 //! silence and steady noise, loud enough to start a turn with the energy detector, start
 //! none. The model is fetched through the pinned-package cache (network on first use).
 
+mod raw;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -178,14 +180,8 @@ async fn sessions_at_once_share_the_vad_thread() {
     }
 
     // Report how the sessions shared the model (the figures vary with the machine).
-    let body = get_metrics(&server.addr).await;
-    let value = |name: &str| -> f64 {
-        body.lines()
-            .find(|l| l.starts_with(name) && l.contains("model=\"silero_vad\""))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} for silero_vad in /metrics"))
-    };
+    let (_, body) = raw::http_get(&server.addr, "/metrics").await;
+    let value = |name: &str| raw::metric(&body, &format!("{name}{{model=\"silero_vad\"}}"));
     let calls = value("mmrt_batch_size_count");
     let jobs = value("mmrt_batch_size_sum");
     let seconds = value("mmrt_model_execution_seconds_sum");
@@ -307,17 +303,4 @@ fn offline_without_the_model_names_the_option() {
     assert!(!output.status.success());
     assert!(stderr.contains("--vad-model silero"), "{stderr}");
     assert!(stderr.contains("MMRT_OFFLINE"), "{stderr}");
-}
-
-async fn get_metrics(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-    tcp.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("request");
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.expect("response");
-    body
 }

@@ -61,10 +61,7 @@ impl SessionActor {
             return Ok(());
         };
         let (tx, rx) = oneshot::channel();
-        let job = Job::ReadText {
-            image: (*image).clone(),
-            reply: tx,
-        };
+        let job = Job::ReadText { image, reply: tx };
         let text = self.call_engine(job, rx).await?;
         if let Some(state) = self.image.as_mut() {
             state.text = ImageText::Read(text);
@@ -85,22 +82,34 @@ impl SessionActor {
         };
         let result = match self.engine.submit(job) {
             Err(err) => Err(submit_error(err)),
-            Ok(()) => loop {
-                tokio::select! {
-                    Some(delta) = deltas.recv() => self.emit_transcription_delta(item_id, delta),
-                    reply = &mut rx => {
-                        // Pieces sent just before the reply still go out first.
-                        while let Ok(delta) = deltas.try_recv() {
-                            self.emit_transcription_delta(item_id, delta);
+            Ok(()) => {
+                let waited = tokio::time::timeout(ENGINE_TIMEOUT, async {
+                    loop {
+                        tokio::select! {
+                            Some(delta) = deltas.recv() => {
+                                self.emit_transcription_delta(item_id, delta)
+                            }
+                            reply = &mut rx => {
+                                // Pieces sent just before the reply still go out first.
+                                while let Ok(delta) = deltas.try_recv() {
+                                    self.emit_transcription_delta(item_id, delta);
+                                }
+                                break reply;
+                            }
                         }
-                        break match reply {
-                            Ok(Ok(text)) => Ok(text),
-                            Ok(Err(err)) => Err(model_error(err)),
-                            Err(_) => Err(internal("the engine dropped the transcription")),
-                        };
                     }
+                })
+                .await;
+                match waited {
+                    Ok(Ok(Ok(text))) => Ok(text),
+                    Ok(Ok(Err(err))) => Err(model_error(err)),
+                    Ok(Err(_)) => Err(internal("the engine dropped the transcription")),
+                    Err(_) => Err(ProtocolError::new(
+                        ErrorCode::Timeout,
+                        "the speech stage did not answer in time",
+                    )),
                 }
-            },
+            }
         };
         match result {
             Ok(transcript) => {

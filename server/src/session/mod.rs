@@ -343,7 +343,12 @@ impl SessionActor {
     }
 
     fn emit_error(&self, err: ProtocolError) {
-        tracing::debug!(session_id = %self.session.id, code = err.code.code(), message = %err.message, "client error");
+        tracing::debug!(
+            session_id = %self.session.id,
+            code = err.code.code(),
+            message = %err.message,
+            "client error"
+        );
         metrics().error(err.code);
         self.emit(ServerEvent::error(&err));
     }

@@ -314,12 +314,13 @@ impl SessionActor {
             && status != ResponseStatus::Failed
             && !(response.user_text.is_empty() && text.is_empty())
         {
-            let max = self.session.mmrt.limits.max_items.max(1) as usize;
-            if self.history.len() >= max {
-                self.history.pop_front();
-            }
+            // Only what the prompt can hold is kept.
+            let max = self.engine.info().max_history_turns;
             self.history
                 .push_back((response.user_text.clone(), text.clone()));
+            while self.history.len() > max {
+                self.history.pop_front();
+            }
         }
         self.emit(ServerEvent::OutputTextDone(OutputTextDone {
             event_id: new_event_id(),
